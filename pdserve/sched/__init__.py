@@ -1,0 +1,1 @@
+"""One instance's scheduling: pure Python, no torch, no asyncio, no clock."""

@@ -1,0 +1,100 @@
+"""Per-request block tables on top of the block pool and the prefix cache."""
+
+from __future__ import annotations
+
+from pdserve.hashing import NONE_HASH
+from pdserve.sched.block_pool import Block, BlockPool
+from pdserve.sched.prefix_cache import PrefixCache
+from pdserve.sched.request import SchedRequest
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class KVManager:
+    """Owns which blocks each request holds. Contract: `allocate_slots` either takes every block a
+    step needs or none; `free` returns all of a request's blocks (tail first, so the tail is evicted
+    before the shared head); cached blocks keep their content until the pool reuses them."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.pool = BlockPool(num_blocks)
+        self.prefix_cache = PrefixCache(self.pool, block_size, enable_prefix_caching)
+        self._blocks: dict[str, list[Block]] = {}
+        self._num_published: dict[str, int] = {}  # full blocks of the request in the prefix cache
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    def max_tokens_fit(self) -> int:
+        return self.pool.num_blocks * self.block_size
+
+    def match_prefix(self, req: SchedRequest) -> list[Block]:
+        """Cached blocks of the longest prefix of `req`, leaving at least one token to compute
+        (its logits are needed to sample)."""
+        max_blocks = (req.num_tokens - 1) // self.block_size
+        return self.prefix_cache.match(req.block_hashes[:max_blocks])
+
+    def allocate_slots(
+        self, req: SchedRequest, num_new_tokens: int, hit_blocks: list[Block] = ()
+    ) -> bool:
+        """Make room for `num_new_tokens` more tokens after `req.num_computed_tokens` (plus the
+        prefix hit `hit_blocks`, taken by a request that holds no blocks yet)."""
+        held = self._blocks.get(req.request_id, [])
+        num_computed = req.num_computed_tokens + len(hit_blocks) * self.block_size
+        num_needed = cdiv(num_computed + num_new_tokens, self.block_size) - len(held) - len(
+            hit_blocks
+        )
+        # Hit blocks nobody uses sit in the free queue: reviving them takes from the same supply.
+        num_revived = sum(1 for b in hit_blocks if b.ref_cnt == 0)
+        if num_needed > self.pool.num_free_blocks - num_revived:
+            return False
+        if hit_blocks:
+            self.pool.touch(hit_blocks)
+        new_blocks = self.pool.allocate(max(num_needed, 0))
+        blocks = self._blocks.setdefault(req.request_id, held)
+        blocks.extend(hit_blocks)
+        blocks.extend(new_blocks)
+        req.block_ids.extend(b.block_id for b in (*hit_blocks, *new_blocks))
+        if hit_blocks:
+            self._num_published[req.request_id] = len(hit_blocks)
+        return True
+
+    def publish_full_blocks(self, req: SchedRequest, num_computed_tokens: int) -> None:
+        """Put the request's full blocks whose KV is (being) computed into the prefix cache."""
+        blocks = self._blocks.get(req.request_id)
+        if not blocks:
+            return
+        start = self._num_published.get(req.request_id, 0)
+        end = min(num_computed_tokens // self.block_size, len(req.block_hashes))
+        for i in range(start, end):
+            parent = req.block_hashes[i - 1] if i > 0 else NONE_HASH
+            self.prefix_cache.insert(blocks[i], req.block_hashes[i], parent)
+        self._num_published[req.request_id] = max(start, end)
+
+    def free(self, req: SchedRequest) -> None:
+        blocks = self._blocks.pop(req.request_id, [])
+        self._num_published.pop(req.request_id, None)
+        self.pool.free(reversed(blocks))
+        req.block_ids.clear()
+
+    def num_blocks_held(self, request_id: str) -> int:
+        return len(self._blocks.get(request_id, ()))
+
+    def check_integrity(self) -> None:
+        self.pool.check_integrity()
+        self.prefix_cache.check_integrity()
+        refs = [0] * self.pool.num_blocks
+        for blocks in self._blocks.values():
+            for block in blocks:
+                refs[block.block_id] += 1
+        for block in self.pool.blocks:
+            assert refs[block.block_id] == block.ref_cnt, (
+                f"block {block.block_id}: {refs[block.block_id]} holders, ref count {block.ref_cnt}"
+            )

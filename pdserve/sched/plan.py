@@ -1,0 +1,92 @@
+"""StepPlan / StepResult and the Executor protocol: the contract with whoever runs a step
+(the engine's ModelRunner on a device, or the simulator's cost model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pdserve.sched.request import SchedRequest
+from pdserve.types import Logprob
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSeq:
+    """One request's share of a step: compute tokens [num_computed_tokens, + num_new_tokens).
+
+    `request` is the live scheduling state; executors read it (token_ids, block_ids, sampling)
+    and never change it. `request.block_ids` already holds blocks for every new token.
+    """
+
+    request: SchedRequest
+    num_computed_tokens: int
+    num_new_tokens: int
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def context_len(self) -> int:
+        """Tokens in the KV cache once this step ran."""
+        return self.num_computed_tokens + self.num_new_tokens
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.context_len <= self.request.prompt_len
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step samples a new token for the request (its last known token is
+        computed, and it may still generate)."""
+        return (
+            self.context_len == self.request.num_tokens and self.request.sampling.max_tokens > 0
+        )
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        return (
+            self.request.sampling.prompt_logprobs is not None
+            and self.num_computed_tokens < self.request.prompt_len
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    step_id: int
+    seqs: tuple[ScheduledSeq, ...]
+    num_batched_tokens: int
+    preempted_ids: tuple[str, ...] = ()
+    finished_ids: tuple[str, ...] = ()  # ended since the last plan: executors drop their state
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.seqs
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.seqs if s.is_prefill)
+
+    @property
+    def num_decode_seqs(self) -> int:
+        return sum(1 for s in self.seqs if not s.is_prefill)
+
+    def summary(self) -> tuple[tuple[str, int, int], ...]:
+        """(request_id, num_computed_tokens, num_new_tokens) per seq: what parity tests compare."""
+        return tuple((s.request_id, s.num_computed_tokens, s.num_new_tokens) for s in self.seqs)
+
+
+@dataclass(slots=True)
+class StepResult:
+    sampled_token_ids: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, Logprob] = field(default_factory=dict)
+    # Logprobs of the prompt tokens computed in this step (chunk by chunk), None for token 0.
+    prompt_logprobs: dict[str, list[Logprob | None]] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+class Executor(Protocol):
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run one step: write the KV of every scheduled token into the request's blocks and
+        sample a token for every seq whose `samples` is true."""
+        ...

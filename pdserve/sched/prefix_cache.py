@@ -1,0 +1,68 @@
+"""Prefix cache over full blocks: chained block hash -> block; match, insert, evict, and the
+stored/removed events that the global prefix index consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pdserve.sched.block_pool import Block, BlockPool
+from pdserve.types import BlockRemoved, BlockStored, KVCacheEvent
+
+
+class PrefixCache:
+    def __init__(self, pool: BlockPool, block_size: int, enabled: bool = True):
+        self.pool = pool
+        self.block_size = block_size
+        self.enabled = enabled
+        self._blocks_by_hash: dict[int, Block] = {}
+        self._events: list[KVCacheEvent] = []
+        pool.on_evict = self._evict
+
+    def __len__(self) -> int:
+        return len(self._blocks_by_hash)
+
+    def match(self, block_hashes: Sequence[int]) -> list[Block]:
+        """The blocks of the longest cached prefix of `block_hashes` (no references taken)."""
+        if not self.enabled:
+            return []
+        hits = []
+        for block_hash in block_hashes:
+            block = self._blocks_by_hash.get(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def insert(self, block: Block, block_hash: int, parent_hash: int) -> None:
+        """Publish a full, computed block under its hash. A block whose content is already cached
+        under another id stays unpublished (it is freed like any uncached block)."""
+        if not self.enabled or block.block_hash is not None or block_hash in self._blocks_by_hash:
+            return
+        block.block_hash = block_hash
+        self._blocks_by_hash[block_hash] = block
+        self._events.append(BlockStored(block_hash, parent_hash, self.block_size))
+
+    def _evict(self, block: Block) -> None:
+        assert block.block_hash is not None
+        del self._blocks_by_hash[block.block_hash]
+        self._events.append(BlockRemoved(block.block_hash))
+
+    def cached_hashes(self) -> list[int]:
+        return list(self._blocks_by_hash)
+
+    def drain_events(self) -> list[KVCacheEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def reset(self) -> int:
+        """Forget every unused cached block (e.g. after weights change). Returns how many."""
+        dropped = [b for b in self._blocks_by_hash.values() if b.ref_cnt == 0]
+        for block in dropped:
+            self._evict(block)
+            block.block_hash = None
+        return len(dropped)
+
+    def check_integrity(self) -> None:
+        for block_hash, block in self._blocks_by_hash.items():
+            assert block.block_hash == block_hash, f"block {block.block_id} hash mismatch"
+        assert len(self._blocks_by_hash) == self.pool.num_cached_blocks()

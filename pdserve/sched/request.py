@@ -1,0 +1,87 @@
+"""A request's mutable scheduling state inside one instance."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from pdserve.hashing import NONE_HASH, hash_block
+from pdserve.types import FinishReason, Logprob, Request, SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"  # blocks freed, waits to recompute
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class SchedRequest:
+    """`token_ids` = prompt then outputs. The scheduler moves `num_computed_tokens` (tokens whose
+    KV is in the cache) towards `num_tokens`; when it gets there a new token is sampled.
+
+        |<----------- prompt_len ---------->|<-- outputs -->|
+        |<-- num_computed_tokens -->|<- num_new_tokens of this step ->|
+    """
+
+    request_id: str
+    token_ids: list[int]
+    prompt_len: int
+    sampling: SamplingParams
+    eos_token_ids: tuple[int, ...]
+    arrival_s: float
+    priority: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    num_computed_tokens: int = 0
+    num_cached_tokens: int = -1  # prefix-cache hit at first schedule; -1 until then
+    num_preemptions: int = 0
+    block_ids: list[int] = field(default_factory=list)  # block table, owned by KVManager
+    block_hashes: list[int] = field(default_factory=list)  # chained hash per full block
+    prompt_logprobs: list[Logprob | None] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    seq_no: int = 0  # admission order, the FCFS tie-breaker
+
+    @classmethod
+    def from_request(cls, req: Request, block_size: int, seq_no: int) -> SchedRequest:
+        state = cls(
+            request_id=req.request_id,
+            token_ids=list(req.prompt_token_ids),
+            prompt_len=len(req.prompt_token_ids),
+            sampling=req.sampling,
+            eos_token_ids=req.eos_token_ids,
+            arrival_s=req.arrival_s,
+            priority=req.priority,
+            seq_no=seq_no,
+        )
+        state.extend_block_hashes(block_size)
+        return state
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def append_token(self, token_id: int, block_size: int) -> None:
+        self.token_ids.append(token_id)
+        if len(self.token_ids) % block_size == 0:
+            self.extend_block_hashes(block_size)
+
+    def extend_block_hashes(self, block_size: int) -> None:
+        """Hash every full block not hashed yet."""
+        parent = self.block_hashes[-1] if self.block_hashes else NONE_HASH
+        for begin in range(len(self.block_hashes) * block_size, self.num_tokens - block_size + 1,
+                           block_size):
+            parent = hash_block(parent, self.token_ids[begin : begin + block_size])
+            self.block_hashes.append(parent)

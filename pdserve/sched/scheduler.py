@@ -1,0 +1,277 @@
+"""Continuous batching for one instance in the `num_computed_tokens` model.
+
+There is no prefill or decode phase: each step, every request's `num_computed_tokens` catches up
+with its `num_tokens` under a token budget. A fresh prompt takes many tokens (chunked when over the
+budget), a generating request takes one, a prefix hit starts a request part-way, and a preempted
+request starts over from zero (recompute, usually helped by its own cached blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pdserve.config import SchedulerConfig
+from pdserve.sched.kv_manager import KVManager, cdiv
+from pdserve.sched.plan import ScheduledSeq, StepPlan, StepResult
+from pdserve.sched.queue_policy import make_queue_policy
+from pdserve.sched.request import RequestStatus, SchedRequest
+from pdserve.types import FinishReason, InstanceSnapshot, KVCacheEvent, Request, TokenEvent
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Monotonic counters (tokens unless named otherwise)."""
+
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    num_preemptions: int = 0
+    prompt_tokens: int = 0  # prompt tokens of admitted requests (first admission)
+    generation_tokens: int = 0
+    finished: dict[str, int] = field(default_factory=dict)  # finish reason -> requests
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+    ):
+        self.config = config
+        self.block_size = block_size
+        self.kv = KVManager(num_blocks, block_size, enable_prefix_caching)
+        self.waiting = make_queue_policy(config.policy)
+        self.running: list[SchedRequest] = []
+        self.requests: dict[str, SchedRequest] = {}
+        self.stats = SchedulerStats()
+        self._finished_ids: list[str] = []
+        self._step_id = 0
+        self._seq_no = 0
+
+    # ---- requests in and out -------------------------------------------------------------
+
+    def add_request(self, req: Request) -> None:
+        """Queue a request. Raises ValueError (naming the value and the limit) if it can never run."""
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id!r} is already in use")
+        prompt_len = len(req.prompt_token_ids)
+        if prompt_len == 0:
+            raise ValueError("the prompt must contain at least one token")
+        max_len = self.config.max_model_len
+        if prompt_len >= max_len:
+            raise ValueError(
+                f"the prompt has {prompt_len} tokens but the model's context is {max_len} tokens"
+            )
+        total = prompt_len + req.sampling.max_tokens
+        if total > max_len:
+            raise ValueError(
+                f"the prompt has {prompt_len} tokens and max_tokens is {req.sampling.max_tokens}: "
+                f"{total} tokens exceed the model's context of {max_len} tokens"
+            )
+        num_blocks_needed = cdiv(total, self.block_size)
+        if num_blocks_needed > self.kv.num_blocks:
+            raise ValueError(
+                f"the request needs {num_blocks_needed} KV blocks ({total} tokens) but the cache "
+                f"holds only {self.kv.num_blocks} blocks"
+            )
+        state = SchedRequest.from_request(req, self.block_size, self._seq_no)
+        self._seq_no += 1
+        self.requests[req.request_id] = state
+        self.waiting.push(state)
+
+    def finish(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
+        """End a request from outside (abort, stop string). Its blocks are freed at once."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        self._finish(req, reason)
+        return True
+
+    abort = finish
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> StepPlan:
+        budget = self.config.max_num_batched_tokens
+        scheduled: dict[str, ScheduledSeq] = {}
+        preempted: list[str] = []
+
+        for req in list(self.running):
+            if budget <= 0:
+                break
+            if req.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            num_new = self._chunk(req.num_tokens - req.num_computed_tokens, budget)
+            if num_new <= 0:
+                continue
+            while not self.kv.allocate_slots(req, num_new):
+                victim = self.waiting.victim(self.running)
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim.request_id in scheduled:
+                    budget += scheduled.pop(victim.request_id).num_new_tokens
+                if victim is req:
+                    break
+            else:
+                scheduled[req.request_id] = ScheduledSeq(req, req.num_computed_tokens, num_new)
+                budget -= num_new
+
+        # Admit waiting requests only when nothing had to be preempted: blocks are short.
+        while (
+            not preempted
+            and len(self.waiting)
+            and budget > 0
+            and len(self.running) < self.config.max_num_seqs
+        ):
+            req = self.waiting.peek()
+            hit_blocks = self.kv.match_prefix(req)
+            num_hit = len(hit_blocks) * self.block_size
+            num_uncached = req.num_tokens - num_hit
+            if not self.config.enable_chunked_prefill and num_uncached > budget:
+                break
+            num_new = self._chunk(num_uncached, budget)
+            if not self.kv.allocate_slots(req, num_new, hit_blocks):
+                break
+            self.waiting.pop()
+            self._admit(req, num_hit)
+            scheduled[req.request_id] = ScheduledSeq(req, num_hit, num_new)
+            budget -= num_new
+
+        for seq in scheduled.values():
+            seq.request.num_computed_tokens += seq.num_new_tokens
+            self.kv.publish_full_blocks(seq.request, seq.request.num_computed_tokens)
+
+        plan = StepPlan(
+            step_id=self._step_id,
+            seqs=tuple(scheduled.values()),
+            num_batched_tokens=self.config.max_num_batched_tokens - budget,
+            preempted_ids=tuple(preempted),
+            finished_ids=tuple(self._finished_ids),
+        )
+        self._step_id += 1
+        self._finished_ids.clear()
+        return plan
+
+    def update(self, plan: StepPlan, result: StepResult, now: float) -> list[TokenEvent]:
+        """Apply a step's sampled tokens; return one event per request that produced output."""
+        events = []
+        for seq in plan.seqs:
+            req = seq.request
+            if req.is_finished:  # ended while the step ran
+                continue
+            chunk_logprobs = result.prompt_logprobs.get(req.request_id)
+            if chunk_logprobs and len(req.prompt_logprobs) < req.prompt_len:
+                req.prompt_logprobs.extend(chunk_logprobs)
+            token_id = result.sampled_token_ids.get(req.request_id)
+            if token_id is None:
+                if seq.context_len == req.num_tokens and req.sampling.max_tokens == 0:
+                    events.append(self._event(req, (), FinishReason.LENGTH, None))
+                    self._finish(req, FinishReason.LENGTH)
+                continue
+            req.append_token(token_id, self.block_size)
+            self.stats.generation_tokens += 1
+            reason = self._stop_reason(req, token_id)
+            events.append(self._event(req, (token_id,), reason, result.logprobs.get(req.request_id)))
+            if reason is not None:
+                self._finish(req, reason)
+        return events
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def snapshot(self, instance_id: str = "", now: float = 0.0) -> InstanceSnapshot:
+        return InstanceSnapshot(
+            instance_id=instance_id,
+            num_waiting=len(self.waiting),
+            num_running=len(self.running),
+            num_waiting_tokens=sum(r.num_tokens - r.num_computed_tokens for r in self.waiting),
+            num_running_tokens=sum(r.num_tokens - r.num_computed_tokens for r in self.running),
+            num_free_blocks=self.kv.num_free_blocks,
+            num_cached_blocks=len(self.kv.prefix_cache),
+            num_total_blocks=self.kv.num_blocks,
+            block_size=self.block_size,
+            now_s=now,
+        )
+
+    def drain_kv_events(self) -> list[KVCacheEvent]:
+        return self.kv.prefix_cache.drain_events()
+
+    def check_integrity(self) -> None:
+        self.kv.check_integrity()
+        running_ids = [r.request_id for r in self.running]
+        waiting_ids = [r.request_id for r in self.waiting]
+        assert len(set(running_ids)) == len(running_ids), "a request runs twice"
+        assert not set(running_ids) & set(waiting_ids), "a request both runs and waits"
+        assert sorted(running_ids + waiting_ids) == sorted(self.requests), "lost request"
+        for req in self.waiting:
+            assert self.kv.num_blocks_held(req.request_id) == 0, f"{req.request_id} waits holding"
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _chunk(self, num_tokens: int, budget: int) -> int:
+        threshold = self.config.long_prefill_token_threshold
+        if threshold > 0:
+            num_tokens = min(num_tokens, threshold)
+        return min(num_tokens, budget)
+
+    def _admit(self, req: SchedRequest, num_hit: int) -> None:
+        req.num_computed_tokens = num_hit
+        if req.num_cached_tokens < 0:
+            req.num_cached_tokens = num_hit
+            self.stats.prompt_tokens += req.prompt_len
+        self.stats.prefix_queries += req.num_tokens
+        self.stats.prefix_hits += num_hit
+        req.status = RequestStatus.RUNNING
+        self.running.append(req)
+
+    def _preempt(self, req: SchedRequest) -> None:
+        self.running.remove(req)
+        self.kv.free(req)
+        req.status = RequestStatus.PREEMPTED
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        if len(req.prompt_logprobs) < req.prompt_len:
+            req.prompt_logprobs.clear()  # recomputed from the start
+        self.stats.num_preemptions += 1
+        self.waiting.push_front(req)
+
+    def _stop_reason(self, req: SchedRequest, token_id: int) -> FinishReason | None:
+        sampling = req.sampling
+        num_output = req.num_output_tokens
+        if num_output >= sampling.min_tokens and (
+            (not sampling.ignore_eos and token_id in req.eos_token_ids)
+            or token_id in sampling.stop_token_ids
+        ):
+            return FinishReason.STOP
+        if num_output >= sampling.max_tokens or req.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _event(self, req, token_ids, reason, logprob) -> TokenEvent:
+        first = req.num_output_tokens == len(token_ids)
+        wants_prompt_logprobs = req.sampling.prompt_logprobs is not None
+        return TokenEvent(
+            request_id=req.request_id,
+            new_token_ids=token_ids,
+            finish_reason=reason,
+            logprobs=(logprob,) if logprob is not None else (),
+            prompt_logprobs=tuple(req.prompt_logprobs) if first and wants_prompt_logprobs else None,
+            num_prompt_tokens=req.prompt_len,
+            num_cached_tokens=max(req.num_cached_tokens, 0),
+        )
+
+    def _finish(self, req: SchedRequest, reason: FinishReason) -> None:
+        if req.status is RequestStatus.RUNNING:
+            self.running.remove(req)
+        else:
+            self.waiting.remove(req)
+        self.kv.free(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        del self.requests[req.request_id]
+        self._finished_ids.append(req.request_id)
+        self.stats.finished[reason.value] = self.stats.finished.get(reason.value, 0) + 1

@@ -1,0 +1,162 @@
+"""Torch-free vocabulary shared by every room."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the model's context reached
+    ABORT = "abort"  # client gone or cancelled
+    ERROR = "error"  # the instance failed the request
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick each new token and when to stop. Validated on construction."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: int | None = None  # top-k logprobs of each generated token (0: only the sampled one)
+    prompt_logprobs: int | None = None  # logprobs of the prompt tokens (echo)
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(param: str, value, limit: str) -> ValueError:
+            return ValueError(f"{param} must be {limit}, got {value!r}")
+
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+            raise bad("max_tokens", self.max_tokens, ">= 0")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad("temperature", self.temperature, ">= 0")
+        if not (0 < self.top_p <= 1):
+            raise bad("top_p", self.top_p, "in (0, 1]")
+        if self.top_k < -1:
+            raise bad("top_k", self.top_k, "-1, 0 (off) or >= 1")
+        if not (0 <= self.min_p <= 1):
+            raise bad("min_p", self.min_p, "in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", self.repetition_penalty, "> 0")
+        if not (-2 <= self.presence_penalty <= 2):
+            raise bad("presence_penalty", self.presence_penalty, "in [-2, 2]")
+        if not (-2 <= self.frequency_penalty <= 2):
+            raise bad("frequency_penalty", self.frequency_penalty, "in [-2, 2]")
+        if self.min_tokens < 0 or self.min_tokens > max(self.max_tokens, 0):
+            raise bad("min_tokens", self.min_tokens, f"in [0, max_tokens={self.max_tokens}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value <= 20):
+                raise bad(name, value, "in [0, 20]")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def needs_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One generation request as it enters an instance: token ids in, sampling params."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    arrival_s: float = 0.0
+    priority: int = 0  # lower runs first under the "priority" policy
+    eos_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Logprob:
+    """Logprob of one chosen token and the top alternatives at that position."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1 = most likely
+    top: tuple[tuple[int, float], ...] = ()  # (token_id, logprob), most likely first
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """New output of one request after one engine step. `finish_reason` set on the last event."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    finish_reason: FinishReason | None = None
+    logprobs: tuple[Logprob, ...] = ()
+    prompt_logprobs: tuple[Logprob | None, ...] | None = None  # first prompt token has None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    error: str | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSnapshot:
+    """What an instance reports about itself; the routing policies' only view of it."""
+
+    instance_id: str
+    num_waiting: int = 0
+    num_running: int = 0
+    num_waiting_tokens: int = 0  # prompt tokens not yet computed, over waiting requests
+    num_running_tokens: int = 0  # tokens still to compute over running requests (prefill left + 1 each)
+    num_free_blocks: int = 0  # free, plus cached-but-evictable
+    num_cached_blocks: int = 0
+    num_total_blocks: int = 0
+    block_size: int = 16
+    step_time_s: float = 0.0  # last measured step duration
+    step_tokens: int = 0  # tokens computed in that step
+    role: str = "fused"  # "fused" | "prefill" | "decode"
+    incarnation: str = ""
+    now_s: float = 0.0
+
+    @property
+    def kv_usage(self) -> float:
+        if self.num_total_blocks == 0:
+            return 0.0
+        return 1.0 - self.num_free_blocks / self.num_total_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    """An instance's prefix cache published a block (KV cache event)."""
+
+    block_hash: int
+    parent_hash: int
+    num_tokens: int
+    tier: str = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRemoved:
+    """An instance's prefix cache evicted a block (KV cache event)."""
+
+    block_hash: int
+    tier: str = "device"
+
+
+KVCacheEvent = BlockStored | BlockRemoved
