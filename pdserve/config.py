@@ -50,7 +50,7 @@ class CacheConfig:
 class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # token budget per step
     max_num_seqs: int = 256
-    max_model_len: int = 2048
+    max_model_len: int = 0  # 0: the model's context length
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0  # 0: a single prefill may take the whole budget
     policy: str = "fcfs"  # "fcfs" | "priority"

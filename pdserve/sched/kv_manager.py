@@ -37,7 +37,9 @@ class KVManager:
 
     def match_prefix(self, req: SchedRequest) -> list[Block]:
         """Cached blocks of the longest prefix of `req`, leaving at least one token to compute
-        (its logits are needed to sample)."""
+        (its logits are needed to sample). Prompt-logprob requests compute every token."""
+        if req.sampling.prompt_logprobs is not None:
+            return []
         max_blocks = (req.num_tokens - 1) // self.block_size
         return self.prefix_cache.match(req.block_hashes[:max_blocks])
 

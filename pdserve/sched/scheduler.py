@@ -40,6 +40,7 @@ class Scheduler:
     ):
         self.config = config
         self.block_size = block_size
+        self.max_model_len = config.max_model_len or num_blocks * block_size
         self.kv = KVManager(num_blocks, block_size, enable_prefix_caching)
         self.waiting = make_queue_policy(config.policy)
         self.running: list[SchedRequest] = []
@@ -58,7 +59,7 @@ class Scheduler:
         prompt_len = len(req.prompt_token_ids)
         if prompt_len == 0:
             raise ValueError("the prompt must contain at least one token")
-        max_len = self.config.max_model_len
+        max_len = self.max_model_len
         if prompt_len >= max_len:
             raise ValueError(
                 f"the prompt has {prompt_len} tokens but the model's context is {max_len} tokens"
@@ -247,7 +248,7 @@ class Scheduler:
             or token_id in sampling.stop_token_ids
         ):
             return FinishReason.STOP
-        if num_output >= sampling.max_tokens or req.num_tokens >= self.config.max_model_len:
+        if num_output >= sampling.max_tokens or req.num_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None
 

@@ -1,0 +1,88 @@
+"""Build one instance's engine from an EngineConfig: device, model, tokenizer, KV cache, scheduler."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import torch
+
+from pdserve.config import EngineConfig, ModelConfig
+from pdserve.engine.core import EngineCore
+from pdserve.engine.kv_cache import allocate_kv_cache, gpu_num_blocks, num_blocks_for_bytes
+from pdserve.engine.runner import ModelRunner
+from pdserve.model.loader import load_model
+from pdserve.model.ops import get_ops
+from pdserve.sched.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class Engine:
+    core: EngineCore
+    tokenizer: object | None  # pdserve.model.tokenizer.Tokenizer, None for dummy weights
+    model_config: ModelConfig
+    config: EngineConfig
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
+    return _DTYPES[name]
+
+
+def set_ops(model: torch.nn.Module, ops) -> None:
+    """Swap the op bundle of every module of the model (speed applied from outside)."""
+    for module in model.modules():
+        if hasattr(module, "ops"):
+            module.ops = ops
+
+
+def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
+    from pdserve.model.tokenizer import load_tokenizer
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    torch.manual_seed(config.seed)
+    model, model_config = load_model(config.model, dtype=dtype, device=device)
+    if device.type == "cuda":
+        set_ops(model, get_ops("triton"))
+    tokenizer = load_tokenizer(config.model)
+
+    sched_config = config.scheduler
+    max_len = sched_config.max_model_len or model_config.max_position_embeddings
+    if max_len > model_config.max_position_embeddings:
+        raise ValueError(
+            f"max_model_len={max_len} exceeds the model's context of "
+            f"{model_config.max_position_embeddings} tokens"
+        )
+    sched_config = replace(sched_config, max_model_len=max_len)
+    cache = config.cache
+    num_blocks = cache.num_blocks
+    if num_blocks is None:
+        if device.type == "cuda":
+            num_blocks = gpu_num_blocks(model_config, cache, dtype, device, lambda: None)
+        else:
+            num_blocks = num_blocks_for_bytes(model_config, cache, dtype, cache.cpu_kv_gib * 2**30)
+    kv_cache = allocate_kv_cache(model_config, num_blocks, cache.block_size, dtype, device)
+    log.info("KV cache: %d blocks of %d tokens on %s", num_blocks, cache.block_size, device)
+    runner = ModelRunner(model, kv_cache, cache.block_size, seed=config.seed)
+    scheduler = Scheduler(sched_config, num_blocks, cache.block_size, cache.enable_prefix_caching)
+    core = EngineCore(scheduler, runner, instance_id=instance_id)
+    return Engine(core, tokenizer, model_config, replace(config, scheduler=sched_config), device, dtype)
