@@ -142,7 +142,9 @@ class MetricStats:
 def metric_stats(values_s: Sequence[float], percentiles: Iterable[float]) -> MetricStats:
     ms = [v * 1000 for v in values_s]
     if not ms:
-        return MetricStats(math.nan, math.nan, math.nan, tuple((p, math.nan) for p in percentiles), 0)
+        return MetricStats(
+            math.nan, math.nan, math.nan, tuple((p, math.nan) for p in percentiles), 0
+        )
     mean = sum(ms) / len(ms)
     std = math.sqrt(sum((v - mean) ** 2 for v in ms) / len(ms))  # population std, as numpy
     pct = tuple((float(p), percentile(ms, p)) for p in percentiles)
@@ -166,7 +168,7 @@ def _pkey(p: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class BenchSummary:
-    """One run reduced to numbers. `to_dict()` uses vLLM-style flat keys (mean_ttft_ms, p99_itl_ms)."""
+    """One run reduced to numbers; `to_dict()` has vLLM-style keys (mean_ttft_ms, p99_itl_ms)."""
 
     num_requests: int
     completed: int

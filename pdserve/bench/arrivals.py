@@ -2,7 +2,8 @@
 
 `vllm bench serve` convention: inter-arrival gaps are Gamma(shape=burstiness,
 scale=1 / (rate * burstiness)), so the mean rate is `rate` for any burstiness; burstiness 1 is
-Poisson (exponential gaps), below 1 burstier, above 1 more regular. rate = inf sends everything at 0.
+Poisson (exponential gaps), below 1 burstier, above 1 more regular.
+rate = inf sends everything at 0.
 """
 
 from __future__ import annotations

@@ -162,7 +162,9 @@ class LoadGenerator:
     async def run(self, requests: Sequence[BenchRequest]) -> RunResult:
         cfg = self.config
         slots = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
-        turn_done = {(r.session_id, r.turn): asyncio.Event() for r in requests if r.session_id is not None}
+        turn_done = {
+            (r.session_id, r.turn): asyncio.Event() for r in requests if r.session_id is not None
+        }
         bar = tqdm(total=len(requests), disable=not cfg.show_progress, desc="requests")
         timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
         connector = aiohttp.TCPConnector(limit=0)  # concurrency is ours to limit, not the pool's

@@ -78,7 +78,9 @@ def plot_results(results: Sequence[dict], out_path: str | Path) -> Path:
         return plot_sweep(results, out_path)
     if kinds == {"serve"}:
         return plot_cdfs(results, out_path)
-    raise ValueError(f"cannot overlay result kinds {sorted(map(str, kinds))}: give all serve or all sweep")
+    raise ValueError(
+        f"cannot overlay result kinds {sorted(map(str, kinds))}: give all serve or all sweep"
+    )
 
 
 def _save(fig, out_path: str | Path) -> Path:

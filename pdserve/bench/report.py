@@ -93,9 +93,13 @@ def summary_table(summary: BenchSummary, title: str = "pdserve bench serve") -> 
         rows.append((f"goodput (req/s, {slos})", _fmt(summary.goodput)))
         rows.append(("SLO attainment", f"{_fmt(100 * (summary.slo_attainment or 0), 1)} %"))
     if summary.cost_per_million_output_tokens is not None:
-        rows.append(("cost per 1M output tokens ($)", _fmt(summary.cost_per_million_output_tokens, 3)))
+        rows.append(
+            ("cost per 1M output tokens ($)", _fmt(summary.cost_per_million_output_tokens, 3))
+        )
     for name, st in summary.metrics:
-        rows.append((f"{name.upper()} mean / median (ms)", f"{_fmt(st.mean_ms)} / {_fmt(st.median_ms)}"))
+        rows.append(
+            (f"{name.upper()} mean / median (ms)", f"{_fmt(st.mean_ms)} / {_fmt(st.median_ms)}")
+        )
         for p, value in st.percentiles_ms:
             rows.append((f"{name.upper()} p{p:g} (ms)", _fmt(value)))
     for error, count in summary.errors:
@@ -110,7 +114,9 @@ def print_summary(summary: BenchSummary, title: str = "pdserve bench serve", con
 
 
 def sweep_table(points: Sequence[dict], best_rate: float | None) -> Table:
-    table = Table(title=f"rate sweep: best rate meeting the SLO = {best_rate}", title_justify="left")
+    table = Table(
+        title=f"rate sweep: best rate meeting the SLO = {best_rate}", title_justify="left"
+    )
     for col in ("rate (req/s)", "goodput", "attainment", "req/s", "out tok/s", "p99 TTFT ms"):
         table.add_column(col, justify="right")
     for pt in points:

@@ -46,7 +46,11 @@ def trace_workload(
             break
         try:
             row = json.loads(line)
-            ts, n_in, n_out = float(row["timestamp"]), int(row["input_length"]), int(row["output_length"])
+            ts, n_in, n_out = (
+                float(row["timestamp"]),
+                int(row["input_length"]),
+                int(row["output_length"]),
+            )
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}:{lineno}: bad trace line ({e!r}): {line[:80]}") from e
         t0 = ts if t0 is None else t0

@@ -18,7 +18,8 @@ MIN_TOKEN_ID = 10
 # Llama tokenizer): mean prompt ~220 tokens, mean output ~200 tokens, both right-skewed with long
 # tails (median well below the mean). The unfiltered set is longer (vLLM paper: 161 in / 338 out
 # with the OPT tokenizer; outputs there are uncapped). We model each length as a lognormal with
-# sigma 1.0 (median = mean / e^0.5), clipped to [4, 1024] input and [4, 1024] output.
+# sigma 1.0, clipped to [4, 1024], its mu chosen so the CLIPPED mean hits the target (measured on
+# 20,000 draws: input mean 221, median 141; output mean 200, median 127; max 1024).
 SHAREGPT_MEAN_INPUT = 220
 SHAREGPT_MEAN_OUTPUT = 200
 SHAREGPT_SIGMA = 1.0
@@ -69,7 +70,9 @@ def random_workload(
     rng = random.Random(seed)
 
     def draw(n: int) -> int:
-        return rng.randint(max(1, math.floor(n * (1 - range_ratio))), math.ceil(n * (1 + range_ratio)))
+        return rng.randint(
+            max(1, math.floor(n * (1 - range_ratio))), math.ceil(n * (1 + range_ratio))
+        )
 
     out = []
     for i in range(num_prompts):
@@ -78,8 +81,25 @@ def random_workload(
     return out
 
 
-def _lognormal_len(rng: random.Random, mean: float, sigma: float, max_len: int) -> int:
-    mu = math.log(mean) - sigma**2 / 2  # so that the unclipped mean is `mean`
+def _clipped_lognormal_mean(mu: float, sigma: float, max_len: float) -> float:
+    # E[min(X, M)] for X ~ lognormal(mu, sigma): the mean after clipping the tail at M
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    z = (math.log(max_len) - mu) / sigma
+    return math.exp(mu + sigma**2 / 2) * phi(z - sigma) + max_len * (1 - phi(z))
+
+
+def _mu_for_mean(mean: float, sigma: float, max_len: int) -> float:
+    """The lognormal mu whose samples clipped at max_len have the given mean (bisection)."""
+    if not 4 <= mean < max_len:
+        raise ValueError(f"mean length must be in [4, {max_len}), got {mean}")
+    lo, hi = math.log(mean) - sigma**2 / 2 - 1, math.log(max_len)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _clipped_lognormal_mean(mid, sigma, max_len) < mean else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _lognormal_len(rng: random.Random, mu: float, sigma: float, max_len: int) -> int:
     return min(max_len, max(4, round(rng.lognormvariate(mu, sigma))))
 
 
@@ -95,10 +115,14 @@ def sharegpt_like_workload(
     """Heavy-tailed lengths with ShareGPT's means (see SHAREGPT_* above), generated locally."""
     _check("num_prompts", num_prompts)
     rng = random.Random(seed)
+    mu_in, mu_out = (
+        _mu_for_mean(mean_input_len, sigma, max_len),
+        _mu_for_mean(mean_output_len, sigma, max_len),
+    )
     out = []
     for i in range(num_prompts):
-        prompt_len = _lognormal_len(rng, mean_input_len, sigma, max_len)
-        new = _lognormal_len(rng, mean_output_len, sigma, max_len)
+        prompt_len = _lognormal_len(rng, mu_in, sigma, max_len)
+        new = _lognormal_len(rng, mu_out, sigma, max_len)
         out.append(BenchRequest(f"sharegpt-{i}", _ids(rng, prompt_len, vocab_size), new))
     return out
 
@@ -177,7 +201,7 @@ def _w1_prompts(num_requests: int) -> tuple[random.Random, list[tuple[int, ...]]
 
 
 def w1_workload(num_requests: int = W1_NUM_REQUESTS) -> list[BenchRequest]:
-    """W1: 256 requests, prompt lengths uniform in [100, 1024] (seed 0), 256 new tokens, EOS ignored."""
+    """W1: 256 requests, prompt lengths uniform in [100, 1024] (seed 0), 256 new tokens, no EOS."""
     _, prompts = _w1_prompts(num_requests)
     return [BenchRequest(f"w1-{i}", p, W1_OUTPUT_LEN) for i, p in enumerate(prompts)]
 
@@ -188,6 +212,4 @@ def w1_nano_workload(num_requests: int = W1_NUM_REQUESTS) -> list[BenchRequest]:
     The output lengths continue the same Random(0) after the prompts, so the prompts equal W1's.
     """
     rng, prompts = _w1_prompts(num_requests)
-    return [
-        BenchRequest(f"w1nano-{i}", p, rng.randint(100, 1024)) for i, p in enumerate(prompts)
-    ]
+    return [BenchRequest(f"w1nano-{i}", p, rng.randint(100, 1024)) for i, p in enumerate(prompts)]

@@ -11,7 +11,7 @@ from pdserve.config import EngineConfig, ModelConfig
 from pdserve.engine.core import EngineCore
 from pdserve.engine.kv_cache import allocate_kv_cache, gpu_num_blocks, num_blocks_for_bytes
 from pdserve.engine.runner import ModelRunner
-from pdserve.model.loader import load_model
+from pdserve.model.loader import DUMMY_PREFIX, load_model
 from pdserve.model.ops import get_ops
 from pdserve.sched.scheduler import Scheduler
 
@@ -54,9 +54,16 @@ def set_ops(model: torch.nn.Module, ops) -> None:
             module.ops = ops
 
 
-def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
-    from pdserve.model.tokenizer import load_tokenizer
+def load_tokenizer(spec: str):
+    """The model's tokenizer; None for dummy weights (token ids only)."""
+    if spec.startswith(DUMMY_PREFIX):
+        return None
+    from pdserve.model.tokenizer import load_tokenizer as load
 
+    return load(spec)
+
+
+def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     torch.manual_seed(config.seed)

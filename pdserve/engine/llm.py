@@ -78,8 +78,6 @@ class LLM:
         return self.tokenizer
 
     def _submit(self, prompt: Prompt, sampling: SamplingParams) -> OutputTracker:
-        from pdserve.model.tokenizer import IncrementalDetokenizer
-
         text = prompt if isinstance(prompt, str) else None
         token_ids = list(self._require_tokenizer().encode(prompt)) if text is not None else list(prompt)
         request_id = str(next(self._ids))
@@ -89,6 +87,8 @@ class LLM:
         self.core.add_request(Request(request_id, tuple(token_ids), sampling, now, eos_token_ids=eos))
         detok = None
         if self.tokenizer is not None:
+            from pdserve.model.tokenizer import IncrementalDetokenizer
+
             detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids=token_ids)
         output = RequestOutput(request_id, text, token_ids, arrival_s=now)
         return OutputTracker(output, sampling, detok)
