@@ -10,7 +10,10 @@ import sys
 _COMMANDS = {
     "generate": ("pdserve.engine.cli", "generate text with the in-process engine (streams)"),
     "serve": ("pdserve.server.cli", "OpenAI-compatible HTTP server over one worker"),
-    "bench": ("pdserve.bench.cli", "benchmarks: `bench serve` (any OpenAI server), `bench offline`"),
+    "bench": (
+        "pdserve.bench.cli",
+        "benchmarks: `bench serve` (any OpenAI server), `bench offline`",
+    ),
     "up": ("pdserve.cluster.cli", "a fleet of instances behind one controller"),
     "sim": ("pdserve.sim.cli", "simulate a fleet on a workload"),
     "plan": ("pdserve.sim.plan_cli", "search fleets for the best goodput per dollar"),

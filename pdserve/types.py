@@ -123,7 +123,9 @@ class InstanceSnapshot:
     num_waiting: int = 0
     num_running: int = 0
     num_waiting_tokens: int = 0  # prompt tokens not yet computed, over waiting requests
-    num_running_tokens: int = 0  # tokens still to compute over running requests (prefill left + 1 each)
+    num_running_tokens: int = (
+        0  # tokens still to compute over running requests (prefill left + 1 each)
+    )
     num_free_blocks: int = 0  # free, plus cached-but-evictable
     num_cached_blocks: int = 0
     num_total_blocks: int = 0

@@ -11,9 +11,14 @@ DEFAULT_PROMPT = "What is the capital of France? Answer in one sentence."
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that builds an engine."""
-    parser.add_argument("--model", default="", help="GGUF file, HF folder or dummy:<shape> "
-                        "(default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--model",
+        default="",
+        help="GGUF file, HF folder or dummy:<shape> (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--num-blocks", type=int, default=None)
@@ -26,10 +31,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     return dict(
-        dtype=args.dtype, device=args.device, block_size=args.block_size,
-        num_blocks=args.num_blocks, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        enable_prefix_caching=not args.no_prefix_caching, seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        block_size=args.block_size,
+        num_blocks=args.num_blocks,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+        seed=args.seed,
     )
 
 
@@ -50,8 +60,12 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         sampling = SamplingParams(
-            max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-            top_k=args.top_k, stop=tuple(args.stop), seed=args.seed,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            stop=tuple(args.stop),
+            seed=args.seed,
         )
     except ValueError as e:
         flag = "--" + str(e).split()[0].replace("_", "-")

@@ -1,4 +1,4 @@
-"""Build one instance's engine from an EngineConfig: device, model, tokenizer, KV cache, scheduler."""
+"""Build one instance's engine from an EngineConfig: device, model, tokenizer, KV cache."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pdserve.sched.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_VOCAB_SIZE = 49152  # SmolLM2's tokenizer, borrowed by dummy models that can hold it
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,12 +55,13 @@ def set_ops(model: torch.nn.Module, ops) -> None:
             module.ops = ops
 
 
-def load_tokenizer(spec: str):
-    """The model's tokenizer; None for dummy weights (token ids only)."""
-    if spec.startswith(DUMMY_PREFIX):
-        return None
+def load_tokenizer(spec: str, model_config: ModelConfig):
+    """The model's tokenizer. Dummy weights borrow the embedded one when their vocabulary can
+    hold its ids, and take token ids only otherwise (None)."""
     from pdserve.model.tokenizer import load_tokenizer as load
 
+    if spec.startswith(DUMMY_PREFIX) and model_config.vocab_size < EMBEDDED_VOCAB_SIZE:
+        return None
     return load(spec)
 
 
@@ -70,7 +72,7 @@ def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
     model, model_config = load_model(config.model, dtype=dtype, device=device)
     if device.type == "cuda":
         set_ops(model, get_ops("triton"))
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, model_config)
 
     sched_config = config.scheduler
     max_len = sched_config.max_model_len or model_config.max_position_embeddings
@@ -92,4 +94,6 @@ def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
     runner = ModelRunner(model, kv_cache, cache.block_size, seed=config.seed)
     scheduler = Scheduler(sched_config, num_blocks, cache.block_size, cache.enable_prefix_caching)
     core = EngineCore(scheduler, runner, instance_id=instance_id)
-    return Engine(core, tokenizer, model_config, replace(config, scheduler=sched_config), device, dtype)
+    return Engine(
+        core, tokenizer, model_config, replace(config, scheduler=sched_config), device, dtype
+    )

@@ -13,7 +13,9 @@ def block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     return model.num_layers * 2 * block_size * model.num_kv_heads * model.head_dim * element
 
 
-def num_blocks_for_bytes(model: ModelConfig, cache: CacheConfig, dtype: torch.dtype, nbytes: int) -> int:
+def num_blocks_for_bytes(
+    model: ModelConfig, cache: CacheConfig, dtype: torch.dtype, nbytes: int
+) -> int:
     return max(int(nbytes // block_bytes(model, cache.block_size, dtype)), 0)
 
 

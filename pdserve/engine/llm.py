@@ -79,15 +79,19 @@ class LLM:
 
     def _submit(self, prompt: Prompt, sampling: SamplingParams) -> OutputTracker:
         text = prompt if isinstance(prompt, str) else None
-        token_ids = list(self._require_tokenizer().encode(prompt)) if text is not None else list(prompt)
+        token_ids = (
+            list(self._require_tokenizer().encode(prompt)) if text is not None else list(prompt)
+        )
         request_id = str(next(self._ids))
         eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else ()
         eos = eos or self.engine.model_config.eos_token_ids
         now = self.core.clock()
-        self.core.add_request(Request(request_id, tuple(token_ids), sampling, now, eos_token_ids=eos))
+        self.core.add_request(
+            Request(request_id, tuple(token_ids), sampling, now, eos_token_ids=eos)
+        )
         detok = None
         if self.tokenizer is not None:
-            from pdserve.model.tokenizer import IncrementalDetokenizer
+            from pdserve.model.detokenizer import IncrementalDetokenizer
 
             detok = IncrementalDetokenizer(self.tokenizer, prompt_token_ids=token_ids)
         output = RequestOutput(request_id, text, token_ids, arrival_s=now)

@@ -76,8 +76,12 @@ class ModelRunner:
             seq_lens_cpu=seq_lens,
         )
         return StepInputs(
-            to(np.concatenate(ids)), to(np.concatenate(pos)), meta,
-            sample_rows, sample_index, prompt_rows,
+            to(np.concatenate(ids)),
+            to(np.concatenate(pos)),
+            meta,
+            sample_rows,
+            sample_index,
+            prompt_rows,
         )
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:

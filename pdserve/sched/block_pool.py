@@ -76,7 +76,7 @@ class BlockPool:
         return sum(1 for b in self.blocks if b.block_hash is not None)
 
     def check_integrity(self) -> None:
-        """free + cached + used == total, ref counts >= 0, the queue holds exactly the ref-0 blocks."""
+        """free + cached + used == total, ref counts >= 0, the queue holds exactly ref-0 blocks."""
         num_unused = 0
         for block in self.blocks:
             assert block.ref_cnt >= 0, f"block {block.block_id} has ref count {block.ref_cnt}"

@@ -50,8 +50,8 @@ class KVManager:
         prefix hit `hit_blocks`, taken by a request that holds no blocks yet)."""
         held = self._blocks.get(req.request_id, [])
         num_computed = req.num_computed_tokens + len(hit_blocks) * self.block_size
-        num_needed = cdiv(num_computed + num_new_tokens, self.block_size) - len(held) - len(
-            hit_blocks
+        num_needed = (
+            cdiv(num_computed + num_new_tokens, self.block_size) - len(held) - len(hit_blocks)
         )
         # Hit blocks nobody uses sit in the free queue: reviving them takes from the same supply.
         num_revived = sum(1 for b in hit_blocks if b.ref_cnt == 0)

@@ -39,9 +39,7 @@ class ScheduledSeq:
     def samples(self) -> bool:
         """Whether this step samples a new token for the request (its last known token is
         computed, and it may still generate)."""
-        return (
-            self.context_len == self.request.num_tokens and self.request.sampling.max_tokens > 0
-        )
+        return self.context_len == self.request.num_tokens and self.request.sampling.max_tokens > 0
 
     @property
     def needs_prompt_logprobs(self) -> bool:

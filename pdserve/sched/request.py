@@ -81,7 +81,8 @@ class SchedRequest:
     def extend_block_hashes(self, block_size: int) -> None:
         """Hash every full block not hashed yet."""
         parent = self.block_hashes[-1] if self.block_hashes else NONE_HASH
-        for begin in range(len(self.block_hashes) * block_size, self.num_tokens - block_size + 1,
-                           block_size):
+        for begin in range(
+            len(self.block_hashes) * block_size, self.num_tokens - block_size + 1, block_size
+        ):
             parent = hash_block(parent, self.token_ids[begin : begin + block_size])
             self.block_hashes.append(parent)

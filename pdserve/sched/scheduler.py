@@ -53,7 +53,7 @@ class Scheduler:
     # ---- requests in and out -------------------------------------------------------------
 
     def add_request(self, req: Request) -> None:
-        """Queue a request. Raises ValueError (naming the value and the limit) if it can never run."""
+        """Queue a request. Raises ValueError (naming value and limit) if it can never run."""
         if req.request_id in self.requests:
             raise ValueError(f"request id {req.request_id!r} is already in use")
         prompt_len = len(req.prompt_token_ids)
@@ -177,7 +177,9 @@ class Scheduler:
             req.append_token(token_id, self.block_size)
             self.stats.generation_tokens += 1
             reason = self._stop_reason(req, token_id)
-            events.append(self._event(req, (token_id,), reason, result.logprobs.get(req.request_id)))
+            events.append(
+                self._event(req, (token_id,), reason, result.logprobs.get(req.request_id))
+            )
             if reason is not None:
                 self._finish(req, reason)
         return events

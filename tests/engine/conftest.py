@@ -28,6 +28,7 @@ def make_llm():
     made = []
 
     def make(model, **kwargs):
+        kwargs.setdefault("num_blocks", 512)  # small pool: integrity checks walk every block
         llm = LLM(model, **kwargs)
         check_after_each_step(llm)
         made.append(llm)

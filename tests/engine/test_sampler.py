@@ -49,10 +49,16 @@ def test_sampling_follows_the_distribution():
 
 def test_seeded_row_is_independent_of_its_batch():
     logits = torch.randn(1, 100, generator=torch.Generator().manual_seed(0))
-    alone = [Sampler(seed=0)(logits.clone(), [row(seed=42, temperature=1.0)]).item()
-             for _ in range(1)]
+    alone = [
+        Sampler(seed=0)(logits.clone(), [row(seed=42, temperature=1.0)]).item() for _ in range(1)
+    ]
     batch = torch.cat([torch.randn(3, 100), logits])
-    rows = [row(temperature=1.0), row(temperature=0.5), row(temperature=0), row(seed=42, temperature=1.0)]
+    rows = [
+        row(temperature=1.0),
+        row(temperature=0.5),
+        row(temperature=0),
+        row(seed=42, temperature=1.0),
+    ]
     assert Sampler(seed=9)(batch, rows)[3].item() == alone[0]
 
 

@@ -28,9 +28,10 @@ def hf_greedy(llm, prompts, max_new_tokens):
     outs = []
     for p in prompts:
         ids = torch.tensor([p])
-        g = hf.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                        eos_token_id=None, pad_token_id=0)
-        outs.append(g[0, len(p):].tolist())
+        g = hf.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        outs.append(g[0, len(p) :].tolist())
     return outs
 
 
@@ -49,7 +50,7 @@ def test_greedy_equals_hf_transformers(make_llm, shape):
 def reference():
     from pdserve.engine.llm import LLM
 
-    llm = LLM("dummy:tiny-qwen3", dtype="float32", block_size=4)
+    llm = LLM("dummy:tiny-qwen3", dtype="float32", block_size=4, num_blocks=512)
     prompts = random_prompts(16, seed=1, lo=1, hi=90)
     alone = [llm.generate([p], GREEDY)[0].token_ids for p in prompts]
     return prompts, alone
@@ -64,8 +65,7 @@ def test_batch_of_16_equals_each_alone(make_llm, reference):
 @pytest.mark.parametrize("budget", [1, 5, 17])
 def test_chunked_prefill_equals_unchunked(make_llm, reference, budget):
     prompts, alone = reference
-    llm = make_llm("dummy:tiny-qwen3", dtype="float32", block_size=4,
-                   max_num_batched_tokens=budget)
+    llm = make_llm("dummy:tiny-qwen3", dtype="float32", block_size=4, max_num_batched_tokens=budget)
     assert [o.token_ids for o in llm.generate(prompts, GREEDY)] == alone
 
 

@@ -16,7 +16,9 @@ def make(num_blocks=64, **cfg) -> tuple[Scheduler, FakeExecutor]:
 
 
 def req(rid, prompt, max_tokens=8, **kw) -> Request:
-    return Request(rid, tuple(prompt), SamplingParams(max_tokens=max_tokens, **kw), eos_token_ids=())
+    return Request(
+        rid, tuple(prompt), SamplingParams(max_tokens=max_tokens, **kw), eos_token_ids=()
+    )
 
 
 def run(sched: Scheduler, ex: FakeExecutor, requests, max_steps=10_000):
@@ -62,7 +64,9 @@ def test_batched_outputs_equal_single_runs():
 def test_chunked_prefill_at_any_budget_gives_same_outputs(budget):
     ps = prompts(6, seed=1)
     reference, _ = run(*make(), [req(f"r{i}", p) for i, p in enumerate(ps)])
-    chunked, _ = run(*make(max_num_batched_tokens=budget), [req(f"r{i}", p) for i, p in enumerate(ps)])
+    chunked, _ = run(
+        *make(max_num_batched_tokens=budget), [req(f"r{i}", p) for i, p in enumerate(ps)]
+    )
     assert chunked == reference
 
 
@@ -132,7 +136,9 @@ def test_ignore_eos_and_min_tokens_run_to_max_tokens():
     probe, _ = run(sched, ex, [req("p", [5, 6, 7], max_tokens=4)])
     first = probe["p"][0]
     sched, ex = make()
-    r = Request("i", (5, 6, 7), SamplingParams(max_tokens=4, ignore_eos=True), eos_token_ids=(first,))
+    r = Request(
+        "i", (5, 6, 7), SamplingParams(max_tokens=4, ignore_eos=True), eos_token_ids=(first,)
+    )
     out, reasons = run(sched, ex, [r])
     assert out["i"] == probe["p"] and reasons["i"] == FinishReason.LENGTH
 

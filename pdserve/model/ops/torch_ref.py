@@ -1,4 +1,4 @@
-"""Plain PyTorch ops: the CPU path and the oracle for the GPU kernels (see ops/__init__ contract)."""
+"""Plain PyTorch ops: the CPU path and the oracle for the GPU kernels (contract: ops/__init__)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,220 @@
+"""Worker process: one EngineCore behind the worker protocol (see engine/protocol.py).
+
+    python -m pdserve.engine.worker --driver tcp://127.0.0.1:5555 [--model M] [engine flags]
+
+The loop owns the engine: drain commands, step while there is work, publish tokens, KV events
+and heartbeats. Nothing else runs here: HTTP, tokenization and detokenization live in the
+driver's process. The worker exits on SHUTDOWN, or when its parent process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import replace
+
+import zmq
+
+from pdserve.engine import protocol as P
+from pdserve.metrics import QUEUE_TIME_BUCKETS_S
+from pdserve.types import FinishReason
+
+KV_LOG_LEN = 65536  # KV events kept for replay to a driver that missed some
+
+
+class Worker:
+    def __init__(self, sock: zmq.Socket, engine, info: P.WorkerInfo, heartbeat_s: float):
+        self.sock = sock
+        self.core = engine.core
+        self.info = info
+        self.heartbeat_s = heartbeat_s
+        self.kv_log: collections.deque = collections.deque(maxlen=KV_LOG_LEN)  # (seq, event)
+        self.kv_seq = 0
+        self.arrivals: dict[str, float] = {}  # submitted, not scheduled yet
+        self.queue_time_counts = [0] * (len(QUEUE_TIME_BUCKETS_S) + 1)
+        self.queue_time_sum_s = 0.0
+        self.num_steps = 0
+        self.is_stopping = False
+        self._next_heartbeat = 0.0
+
+    def send(self, msg_type: str, *body) -> None:
+        self.sock.send(P.pack(msg_type, *body))
+
+    # ---- commands --------------------------------------------------------------------------
+
+    def handle(self, frame: bytes) -> None:
+        msg_type, body = P.unpack(frame)
+        if msg_type == P.SUBMIT:
+            req = P.decode_request(body[0])
+            req = replace(req, arrival_s=self.core.clock())  # the worker's clock from here on
+            try:
+                self.core.add_request(req)
+                self.arrivals[req.request_id] = req.arrival_s
+            except ValueError as e:
+                self.send(P.REJECT, req.request_id, str(e))
+        elif msg_type == P.ABORT:
+            request_ids, reason = body
+            for rid in request_ids:
+                self.core.abort(rid, FinishReason(reason))
+                self.arrivals.pop(rid, None)
+        elif msg_type == P.CALL:
+            call_id, op, args = body
+            try:
+                self.send(P.REPLY, call_id, True, self.call(op, args))
+            except Exception as e:  # the driver gets the error text, the worker lives on
+                self.send(P.REPLY, call_id, False, f"{type(e).__name__}: {e}")
+        elif msg_type == P.SHUTDOWN:
+            self.is_stopping = True
+
+    def call(self, op: str, args: dict):
+        if op == "status":
+            return P.encode_status(self.status())
+        if op == "check_integrity":
+            self.core.check_integrity()
+            return None
+        if op == "kv_replay":
+            from_seq = args.get("from_seq", 0)
+            if (self.kv_log and self.kv_log[0][0] <= from_seq) or from_seq == self.kv_seq:
+                events = [P.encode_kv_event(ev) for seq, ev in self.kv_log if seq >= from_seq]
+                return {"first_seq": from_seq, "events": events}
+            hashes = self.core.scheduler.kv.prefix_cache.cached_hashes()
+            return {"next_seq": self.kv_seq, "cached_hashes": hashes}
+        raise ValueError(f"unknown call {op!r}")
+
+    # ---- state out -------------------------------------------------------------------------
+
+    def status(self) -> P.WorkerStatus:
+        snap = self.core.snapshot()
+        snap = replace(snap, incarnation=self.info.incarnation)
+        s = self.core.scheduler.stats
+        stats = P.EngineStats(
+            s.prefix_queries, s.prefix_hits, s.num_preemptions, s.prompt_tokens,
+            s.generation_tokens, self.num_steps, dict(s.finished),
+            tuple(self.queue_time_counts), self.queue_time_sum_s,
+        )  # fmt: skip
+        return P.WorkerStatus(snap, stats, self.kv_seq)
+
+    def step(self) -> None:
+        start = self.core.clock()
+        events = self.core.step()
+        self.num_steps += 1
+        plan = self.core.last_plan
+        for seq in plan.seqs if plan is not None else ():
+            arrival_s = self.arrivals.pop(seq.request.request_id, None)
+            if arrival_s is not None:
+                self._observe_queue_time(max(start - arrival_s, 0.0))
+        for ev in events:
+            if ev.is_finished:
+                self.arrivals.pop(ev.request_id, None)
+        if events:
+            self.send(P.TOKENS, [P.encode_event(ev) for ev in events])
+        self.publish_kv_events()
+
+    def publish_kv_events(self) -> None:
+        kv_events = self.core.scheduler.drain_kv_events()
+        if not kv_events:
+            return
+        first_seq = self.kv_seq
+        for ev in kv_events:
+            self.kv_log.append((self.kv_seq, ev))
+            self.kv_seq += 1
+        self.send(P.KV, first_seq, [P.encode_kv_event(ev) for ev in kv_events])
+
+    def maybe_heartbeat(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_s
+            self.send(P.HEARTBEAT, P.encode_status(self.status()))
+
+    def _observe_queue_time(self, queue_s: float) -> None:
+        self.queue_time_counts[bisect.bisect_left(QUEUE_TIME_BUCKETS_S, queue_s)] += 1
+        self.queue_time_sum_s += queue_s
+
+    # ---- loop ------------------------------------------------------------------------------
+
+    def run(self, parent_pid: int | None) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        idle_poll_ms = int(min(self.heartbeat_s, 0.1) * 1000)
+        while not self.is_stopping:
+            busy = self.core.has_unfinished
+            if poller.poll(0 if busy else idle_poll_ms):
+                while self.sock.poll(0):
+                    self.handle(self.sock.recv())
+            if self.core.has_unfinished and not self.is_stopping:
+                self.step()
+            else:
+                self.publish_kv_events()  # aborts free blocks, which may evict nothing; cheap
+            self.maybe_heartbeat()
+            if parent_pid is not None and os.getppid() != parent_pid:
+                print("pdserve worker: parent process gone, exiting", file=sys.stderr)
+                return
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pdserve.engine.cli import add_engine_arguments
+
+    parser.add_argument("--driver", required=True, help="ZMQ address of the driver's ROUTER")
+    parser.add_argument("--instance-id", default="worker-0")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--heartbeat-s", type=float, default=0.25)
+    add_engine_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pdserve-worker", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the driver; it shuts us down
+    incarnation = uuid.uuid4().hex[:12]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, f"{args.instance_id}/{incarnation}".encode())
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(args.driver)
+    progress = lambda stage: sock.send(P.pack(P.PROGRESS, incarnation, stage))  # noqa: E731
+    try:
+        engine = _build(args, progress)
+    except Exception as e:
+        sock.send(P.pack(P.FAILED, incarnation, f"{type(e).__name__}: {e}"))
+        sock.close()
+        return 1
+    cfg = engine.config
+    info = P.WorkerInfo(
+        args.instance_id, incarnation, os.getpid(), engine.model_config.name or cfg.model,
+        cfg.scheduler.max_model_len,
+        cfg.cache.block_size, engine.core.scheduler.kv.num_blocks,
+        tuple(engine.model_config.eos_token_ids), engine.model_config.vocab_size,
+    )  # fmt: skip
+    engine.core.instance_id = args.instance_id
+    worker = Worker(sock, engine, info, args.heartbeat_s)
+    worker.send(P.REGISTER, P.encode_info(info))
+    worker.run(args.parent_pid)
+    sock.close()
+    return 0
+
+
+def _build(args, progress):
+    from pdserve.config import env_str
+
+    progress("importing torch")
+    import torch
+
+    from pdserve.engine.cli import engine_kwargs
+    from pdserve.engine.factory import build_engine
+    from pdserve.engine.llm import make_engine_config
+
+    threads = args.threads or int(env_str("PDSERVE_WORKER_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    progress(f"loading model {args.model or '(embedded default)'} on {threads} thread(s)")
+    return build_engine(make_engine_config(args.model, **engine_kwargs(args)), args.instance_id)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

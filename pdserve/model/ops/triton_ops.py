@@ -1,0 +1,47 @@
+"""Triton op bundle: the same functions and semantics as `torch_ref` (see ops/__init__).
+
+The only module of pdserve, with its `triton_*` helpers, that imports triton; the engine picks
+it with `get_ops("triton")`. Tensors on the CPU run through Triton's interpreter only when
+TRITON_INTERPRET=1 was set before this module was imported (the CPU kernel tests do that).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pdserve.model.ops import AttentionMetadata
+from pdserve.model.ops.triton_attention import attention
+from pdserve.model.ops.triton_elementwise import add_rms_norm, rms_norm, rotary, silu_mul
+from pdserve.model.ops.triton_kv_store import store_kv
+
+__all__ = ["add_rms_norm", "paged_attention", "rms_norm", "rotary", "silu_mul", "store_kv"]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """q: [T, num_heads, head_dim] -> [T, num_heads, head_dim], causal over the paged context.
+
+    Never synchronizes with the host: it reads meta's device tensors and the host ints
+    max_query_len / max_seq_len (tile shape, split count). For CUDA-graph capture of decode,
+    pass `num_splits` fixed (e.g. what `default_num_splits` gives for the largest context the
+    graph will replay): the grid then depends on tensor shapes only. One kernel serves decode
+    (max_query_len 1: one program per (seq, kv head, split) reads K/V once for its whole GQA
+    group) and prefill / chunked prefill / prefix hits (tiles of new tokens x group heads).
+    """
+    return attention(
+        q,
+        kv_cache,
+        meta.query_start_loc,
+        meta.seq_lens,
+        meta.block_tables,
+        meta.max_query_len,
+        meta.max_seq_len,
+        scale,
+        num_splits=num_splits,
+    )
