@@ -54,6 +54,7 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0  # 0: a single prefill may take the whole budget
     policy: str = "fcfs"  # "fcfs" | "priority"
+    kv_lease_s: float = 30.0  # how long a prefill instance holds sent KV without a confirmation
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,13 @@ class SamplingParams:
         )
 
 
+class KVRole(enum.StrEnum):
+    """A request's part in a PD hand-off. Fused requests have none."""
+
+    SEND = "send"  # prefill instance: compute the prompt, sample the first token, hold the KV
+    RECEIVE = "receive"  # decode instance: reserve blocks, wait for the KV, then decode
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One generation request as it enters an instance: token ids in, sampling params."""
@@ -85,6 +92,17 @@ class Request:
     arrival_s: float = 0.0
     priority: int = 0  # lower runs first under the "priority" policy
     eos_token_ids: tuple[int, ...] = ()
+    kv_role: KVRole | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KVReservation:
+    """Blocks a decode instance reserved for a request's incoming KV: the prompt tokens from
+    `num_cached_tokens` on go into `block_ids` (in order); the cached head is not sent."""
+
+    request_id: str
+    num_cached_tokens: int
+    block_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,15 @@ import enum
 from dataclasses import dataclass, field
 
 from pdserve.hashing import NONE_HASH, hash_block
-from pdserve.types import FinishReason, Logprob, Request, SamplingParams
+from pdserve.types import FinishReason, KVRole, Logprob, Request, SamplingParams
 
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "preempted"  # blocks freed, waits to recompute
+    WAITING_FOR_KV = "waiting_for_kv"  # decode side of a hand-off: blocks reserved, KV in flight
+    SENDING_KV = "sending_kv"  # prefill side: done, blocks held under a lease until sent
     FINISHED = "finished"
 
 
@@ -41,6 +43,8 @@ class SchedRequest:
     prompt_logprobs: list[Logprob | None] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     seq_no: int = 0  # admission order, the FCFS tie-breaker
+    kv_role: KVRole | None = None
+    lease_deadline_s: float | None = None  # SENDING_KV: blocks are released at this time
 
     @classmethod
     def from_request(cls, req: Request, block_size: int, seq_no: int) -> SchedRequest:
@@ -53,6 +57,7 @@ class SchedRequest:
             arrival_s=req.arrival_s,
             priority=req.priority,
             seq_no=seq_no,
+            kv_role=req.kv_role,
         )
         state.extend_block_hashes(block_size)
         return state

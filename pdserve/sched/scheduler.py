@@ -4,6 +4,12 @@ There is no prefill or decode phase: each step, every request's `num_computed_to
 with its `num_tokens` under a token budget. A fresh prompt takes many tokens (chunked when over the
 budget), a generating request takes one, a prefix hit starts a request part-way, and a preempted
 request starts over from zero (recompute, usually helped by its own cached blocks).
+
+PD disaggregation is two more request states, not another path. A RECEIVE request (decode
+instance) is admitted by reserving blocks for its uncached prompt and waits (WAITING_FOR_KV) until
+`finish_receiving` says the KV landed: it then continues with num_computed_tokens = prompt length.
+A SEND request (prefill instance) runs like any other; when it ends, its blocks stay held
+(SENDING_KV) until `release_kv` confirms the transfer or its lease expires.
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ from pdserve.sched.kv_manager import KVManager, cdiv
 from pdserve.sched.plan import ScheduledSeq, StepPlan, StepResult
 from pdserve.sched.queue_policy import make_queue_policy
 from pdserve.sched.request import RequestStatus, SchedRequest
-from pdserve.types import FinishReason, InstanceSnapshot, KVCacheEvent, Request, TokenEvent
+from pdserve.types import (
+    FinishReason,
+    InstanceSnapshot,
+    KVCacheEvent,
+    KVReservation,
+    KVRole,
+    Request,
+    TokenEvent,
+)
 
 
 @dataclass(slots=True)
@@ -45,6 +59,9 @@ class Scheduler:
         self.waiting = make_queue_policy(config.policy)
         self.running: list[SchedRequest] = []
         self.requests: dict[str, SchedRequest] = {}
+        self.receiving: dict[str, SchedRequest] = {}  # WAITING_FOR_KV, in admission order
+        self.sending: dict[str, SchedRequest] = {}  # SENDING_KV, in finish order
+        self._reservations: list[KVReservation] = []
         self.stats = SchedulerStats()
         self._finished_ids: list[str] = []
         self._step_id = 0
@@ -85,7 +102,7 @@ class Scheduler:
         """End a request from outside (abort, stop string). Its blocks are freed at once."""
         req = self.requests.get(request_id)
         if req is None:
-            return False
+            return self.release_kv(request_id)
         self._finish(req, reason)
         return True
 
@@ -95,9 +112,50 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    # ---- PD hand-off ---------------------------------------------------------------------
+
+    def drain_kv_reservations(self) -> list[KVReservation]:
+        """Blocks reserved since the last call, for the controller to tell the sender."""
+        reservations, self._reservations = self._reservations, []
+        return reservations
+
+    def finish_receiving(self, request_id: str, first_token_id: int | None) -> list[TokenEvent]:
+        """The KV of a WAITING_FOR_KV request landed (with the first token the prefill instance
+        sampled), or failed (None): then the request is recomputed here from scratch."""
+        req = self.receiving.pop(request_id, None)
+        if req is None:
+            return []
+        if first_token_id is None:
+            self.kv.free(req)
+            req.kv_role = None
+            req.num_computed_tokens = 0
+            req.status = RequestStatus.WAITING
+            self.waiting.push_front(req)
+            return []
+        req.num_computed_tokens = req.num_tokens
+        self.kv.publish_full_blocks(req, req.num_computed_tokens)
+        req.status = RequestStatus.RUNNING
+        self.running.append(req)
+        req.append_token(first_token_id, self.block_size)
+        reason = self._stop_reason(req, first_token_id)
+        event = self._event(req, (first_token_id,), reason, None)
+        if reason is not None:
+            self._finish(req, reason)
+        return [event]
+
+    def release_kv(self, request_id: str) -> bool:
+        """The receiver has the KV of a SENDING_KV request (or gave up): free its blocks."""
+        req = self.sending.pop(request_id, None)
+        if req is None:
+            return False
+        self.kv.free(req)
+        req.status = RequestStatus.FINISHED
+        return True
+
     # ---- one step ------------------------------------------------------------------------
 
     def schedule(self, now: float) -> StepPlan:
+        self._expire_leases(now)
         budget = self.config.max_num_batched_tokens
         scheduled: dict[str, ScheduledSeq] = {}
         preempted: list[str] = []
@@ -127,12 +185,18 @@ class Scheduler:
             not preempted
             and len(self.waiting)
             and budget > 0
-            and len(self.running) < self.config.max_num_seqs
+            and len(self.running) + len(self.receiving) < self.config.max_num_seqs
         ):
             req = self.waiting.peek()
             hit_blocks = self.kv.match_prefix(req)
             num_hit = len(hit_blocks) * self.block_size
             num_uncached = req.num_tokens - num_hit
+            if req.kv_role is KVRole.RECEIVE:
+                if not self.kv.allocate_slots(req, num_uncached, hit_blocks):
+                    break
+                self.waiting.pop()
+                self._reserve(req, num_hit)
+                continue
             if not self.config.enable_chunked_prefill and num_uncached > budget:
                 break
             num_new = self._chunk(num_uncached, budget)
@@ -207,9 +271,10 @@ class Scheduler:
         self.kv.check_integrity()
         running_ids = [r.request_id for r in self.running]
         waiting_ids = [r.request_id for r in self.waiting]
-        assert len(set(running_ids)) == len(running_ids), "a request runs twice"
-        assert not set(running_ids) & set(waiting_ids), "a request both runs and waits"
-        assert sorted(running_ids + waiting_ids) == sorted(self.requests), "lost request"
+        live_ids = running_ids + waiting_ids + list(self.receiving)
+        assert len(set(live_ids)) == len(live_ids), "a request is in two queues"
+        assert sorted(live_ids) == sorted(self.requests), "lost request"
+        assert not set(self.sending) & set(self.requests), "a sending request is still live"
         for req in self.waiting:
             assert self.kv.num_blocks_held(req.request_id) == 0, f"{req.request_id} waits holding"
 
@@ -230,6 +295,26 @@ class Scheduler:
         self.stats.prefix_hits += num_hit
         req.status = RequestStatus.RUNNING
         self.running.append(req)
+
+    def _reserve(self, req: SchedRequest, num_hit: int) -> None:
+        req.num_computed_tokens = num_hit
+        req.num_cached_tokens = num_hit
+        self.stats.prompt_tokens += req.prompt_len
+        self.stats.prefix_queries += req.num_tokens
+        self.stats.prefix_hits += num_hit
+        req.status = RequestStatus.WAITING_FOR_KV
+        self.receiving[req.request_id] = req
+        first_block = num_hit // self.block_size
+        self._reservations.append(
+            KVReservation(req.request_id, num_hit, tuple(req.block_ids[first_block:]))
+        )
+
+    def _expire_leases(self, now: float) -> None:
+        for req in list(self.sending.values()):
+            if req.lease_deadline_s is None:
+                req.lease_deadline_s = now + self.config.kv_lease_s
+            elif req.lease_deadline_s <= now:
+                self.release_kv(req.request_id)
 
     def _preempt(self, req: SchedRequest) -> None:
         self.running.remove(req)
@@ -270,10 +355,20 @@ class Scheduler:
     def _finish(self, req: SchedRequest, reason: FinishReason) -> None:
         if req.status is RequestStatus.RUNNING:
             self.running.remove(req)
+        elif req.status is RequestStatus.WAITING_FOR_KV:
+            del self.receiving[req.request_id]
         else:
             self.waiting.remove(req)
-        self.kv.free(req)
-        req.status = RequestStatus.FINISHED
+        keep_for_sending = req.kv_role is KVRole.SEND and reason in (
+            FinishReason.STOP,
+            FinishReason.LENGTH,
+        )
+        if keep_for_sending:
+            req.status = RequestStatus.SENDING_KV
+            self.sending[req.request_id] = req
+        else:
+            self.kv.free(req)
+            req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         del self.requests[req.request_id]
         self._finished_ids.append(req.request_id)
