@@ -77,15 +77,13 @@ def main(args: argparse.Namespace) -> int:
     if args.chat:
         prompt = llm.render_chat([{"role": "user", "content": prompt}])
     start = time.perf_counter()
-    num_chunks = 0
     try:
         for text in llm.stream(prompt, sampling):
-            num_chunks += 1
             sys.stdout.write(text)
             sys.stdout.flush()
     except ValueError as e:
-        print(f"\npdserve generate: error: {e}", file=sys.stderr)
+        print(f"pdserve generate: error: {e}", file=sys.stderr)
         return 2
-    elapsed = time.perf_counter() - start
-    print(f"\n[{num_chunks} steps in {elapsed:.2f} s]", file=sys.stderr)
+    sys.stdout.write("\n")
+    print(f"[{time.perf_counter() - start:.2f} s]", file=sys.stderr)
     return 0
