@@ -9,7 +9,12 @@ import torch
 
 from pdserve.config import EngineConfig, ModelConfig
 from pdserve.engine.core import EngineCore
-from pdserve.engine.kv_cache import allocate_kv_cache, gpu_num_blocks, num_blocks_for_bytes
+from pdserve.engine.kv_cache import (
+    allocate_kv_cache,
+    gpu_num_blocks,
+    num_blocks_for_bytes,
+    profile_max_step,
+)
 from pdserve.engine.runner import ModelRunner
 from pdserve.model.loader import DUMMY_PREFIX, load_model
 from pdserve.model.ops import get_ops
@@ -62,7 +67,13 @@ def load_tokenizer(spec: str, model_config: ModelConfig):
 
     if spec.startswith(DUMMY_PREFIX) and model_config.vocab_size < EMBEDDED_VOCAB_SIZE:
         return None
-    return load(spec)
+    try:
+        return load(spec)
+    except ValueError:
+        if not spec.startswith(DUMMY_PREFIX):
+            raise
+        log.warning("the embedded tokenizer is not installed: %s takes token ids only", spec)
+        return None
 
 
 def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
@@ -86,12 +97,34 @@ def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
     num_blocks = cache.num_blocks
     if num_blocks is None:
         if device.type == "cuda":
-            num_blocks = gpu_num_blocks(model_config, cache, dtype, device, lambda: None)
+            num_blocks = gpu_num_blocks(
+                model_config,
+                cache,
+                dtype,
+                device,
+                lambda: profile_max_step(
+                    model,
+                    model_config,
+                    sched_config.max_num_batched_tokens,
+                    sched_config.max_num_seqs,
+                    cache.block_size,
+                ),
+            )
         else:
             num_blocks = num_blocks_for_bytes(model_config, cache, dtype, cache.cpu_kv_gib * 2**30)
     kv_cache = allocate_kv_cache(model_config, num_blocks, cache.block_size, dtype, device)
     log.info("KV cache: %d blocks of %d tokens on %s", num_blocks, cache.block_size, device)
-    runner = ModelRunner(model, kv_cache, cache.block_size, seed=config.seed)
+    runner = ModelRunner(
+        model,
+        kv_cache,
+        cache.block_size,
+        seed=config.seed,
+        max_num_batched_tokens=sched_config.max_num_batched_tokens,
+        max_num_seqs=sched_config.max_num_seqs,
+        max_model_len=max_len,
+    )
+    if device.type == "cuda" and not config.enforce_eager:
+        log.info("captured decode CUDA graphs in %.1f s", runner.capture_cuda_graphs())
     scheduler = Scheduler(sched_config, num_blocks, cache.block_size, cache.enable_prefix_caching)
     core = EngineCore(scheduler, runner, instance_id=instance_id)
     return Engine(

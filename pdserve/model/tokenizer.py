@@ -168,9 +168,9 @@ def _jinja_env() -> Any:
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """The tokenizer of a model spec (see loader.resolve_model_spec). Dummy models borrow the
+    """The tokenizer of a model spec (see spec.resolve_model_spec). Dummy models borrow the
     embedded SmolLM2 tokenizer (49152 ids: valid for every real shape, not for tiny-* shapes)."""
-    from pdserve.model.loader import default_gguf_path, resolve_model_spec
+    from pdserve.model.spec import default_gguf_path, resolve_model_spec
 
     resolved = resolve_model_spec(spec)
     if resolved.kind == "dummy":
