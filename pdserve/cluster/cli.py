@@ -1,0 +1,208 @@
+"""`pdserve up [MODEL] --instances N`: a fleet of workers behind one controller serving the same
+OpenAI API as `pdserve serve` (the server app with the controller as its EngineClient).
+
+    pdserve up dummy:tiny-llama --instances 3 --routing ttft --slo-ttft-ms 500
+    pdserve up --attach 2 --control-address tcp://0.0.0.0:5555 --control-token T
+        # then, on any host:  python -m pdserve.engine.worker --driver tcp://HOST:5555 ...
+
+Workers register with the control token (PDSERVE_CONTROL_TOKEN in their environment, or
+`--control-token`), which is separate from the user API key (`--api-key`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import sys
+import time
+
+LOOPBACK = ("tcp://127.0.0.1:", "tcp://localhost:", "ipc://", "inproc://")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pdserve.cluster.policies import DEFAULT_POLICY, POLICIES
+    from pdserve.config import env_str
+    from pdserve.server.cli import add_arguments as add_server_arguments
+
+    add_server_arguments(parser)
+    parser.add_argument("--instances", type=int, default=2, help="local workers to start")
+    parser.add_argument(
+        "--attach",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start no workers; wait for N to connect to --control-address",
+    )
+    parser.add_argument(
+        "--control-address",
+        default="tcp://127.0.0.1:*",
+        help="where workers connect (ZMQ bind address)",
+    )
+    parser.add_argument(
+        "--control-token",
+        default=env_str("PDSERVE_CONTROL_TOKEN") or None,
+        help="workers must register with it (default: random when the control "
+        "address is not loopback)",
+    )
+    parser.add_argument("--routing", default=DEFAULT_POLICY, choices=sorted(POLICIES))
+    parser.add_argument(
+        "--slo-ttft-ms",
+        type=float,
+        default=None,
+        help="refuse (429) requests whose best estimated TTFT misses this",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=1,
+        help="re-routes of a request whose instance died before its first token",
+    )
+    parser.add_argument("--heartbeat-timeout-s", type=float, default=1.0)
+    parser.add_argument(
+        "--restart-workers", action="store_true", help="start a local worker again when it exits"
+    )
+    parser.add_argument(
+        "--fake-workers",
+        action="store_true",
+        help="scheduler-only workers without a model (tests, benchmarks)",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="place the workers as Ray actors (not implemented yet)",
+    )
+
+
+def controller_config(args: argparse.Namespace):
+    from pdserve.cluster.controller import ControllerConfig
+    from pdserve.cluster.policies import PolicyConfig
+
+    slo = None if args.slo_ttft_ms is None else args.slo_ttft_ms / 1000
+    policy = PolicyConfig(max_batched_tokens=args.max_num_batched_tokens)
+    return ControllerConfig(
+        args.control_address,
+        args.routing,
+        policy,
+        args.heartbeat_timeout_s,
+        args.max_retries,
+        slo,
+        control_token=args.control_token,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pdserve.cluster.controller import Controller
+    from pdserve.cluster.prom import ControllerMetrics
+    from pdserve.deploy.local import (
+        FAKE_WORKER_MODULE,
+        WORKER_MODULE,
+        LocalFleet,
+        LocalFleetConfig,
+    )
+    from pdserve.server.app import build_app
+    from pdserve.server.cli import Progress, load_server_tokenizer, worker_argv
+    from pdserve.server.generation import ServerConfig, ServerState
+
+    if args.ray is not None:
+        print("pdserve up: --ray is not implemented yet", file=sys.stderr)
+        return 2
+    args.model = args.model_arg or args.model
+    if args.control_token is None and not args.control_address.startswith(LOOPBACK):
+        args.control_token = secrets.token_urlsafe(16)
+        print(f"[pdserve] control token: {args.control_token}", file=sys.stderr)
+    progress = Progress()
+    config = ServerConfig(
+        args.served_model_name, args.api_key, args.max_body_bytes, args.max_waiting
+    )
+    state = ServerState(None, None, config)
+    controller = Controller(controller_config(args), ControllerMetrics(state.metrics.registry))
+    state.engine = controller
+    num = args.attach or args.instances
+    fleet = None
+    if not args.attach:
+        argv = worker_argv(args) if not args.fake_workers else _fake_argv(args)
+        env = {"PDSERVE_CONTROL_TOKEN": args.control_token} if args.control_token else {}
+        module = FAKE_WORKER_MODULE if args.fake_workers else WORKER_MODULE
+        fleet_config = LocalFleetConfig(
+            num, tuple(argv), module, restart=args.restart_workers, env=env
+        )
+        fleet = LocalFleet(fleet_config, controller.address, on_exit=controller.mark_dead)
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    async def start() -> None:
+        spinner = asyncio.create_task(progress.spin())
+        progress.update(f"waiting for {num} worker(s) on {controller.address}")
+        try:
+            if not args.fake_workers:
+                state.tokenizer = await asyncio.to_thread(load_server_tokenizer, args.model)
+            await controller.wait_for_instances(num)
+            state.is_ready = True
+            elapsed = time.monotonic() - progress.start
+            progress.done(
+                f"ready in {elapsed:.1f} s: {num} instance(s) of "
+                f"{', '.join(state.model_names())}, routing {args.routing}, "
+                f"on http://{args.host}:{args.port}"
+            )
+        except Exception as e:
+            failure.append(str(e))
+            progress.done(f"error: {e}")
+            server.should_exit = True
+        finally:
+            spinner.cancel()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        controller.start()
+        if fleet is not None:
+            fleet.start()
+        starting = asyncio.create_task(start())
+        try:
+            yield
+        finally:
+            starting.cancel()
+            await controller.close(shutdown_workers=fleet is not None)
+            if fleet is not None:
+                await fleet.close()
+
+    app = build_app(state, lifespan, enable_debug=args.enable_debug_endpoints)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if fleet is not None:
+            fleet.kill_all()  # last resort: never leave workers behind
+    return 1 if failure else 0
+
+
+def _fake_argv(args: argparse.Namespace) -> list[str]:
+    argv = [
+        "--block-size",
+        str(args.block_size),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+        "--max-num-batched-tokens",
+        str(args.max_num_batched_tokens),
+    ]
+    if args.num_blocks is not None:
+        argv += ["--num-blocks", str(args.num_blocks)]
+    if args.max_model_len:
+        argv += ["--max-model-len", str(args.max_model_len)]
+    return argv

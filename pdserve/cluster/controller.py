@@ -1,0 +1,408 @@
+"""The cluster controller: an EngineClient (engine/client.py) over a fleet of workers.
+
+    server ── generate(req) ──> Controller ── route (policy over snapshots + prefix index)
+                                    │  SUBMIT ──> worker "<id>/<incarnation>"  (ZMQ ROUTER)
+                                    │  <── TOKENS / KV / HEARTBEAT / REPLY / REGISTER
+                                    └─ liveness: no heartbeat for `heartbeat_timeout_s` -> out
+
+Workers connect to `address` and REGISTER (with the control token when one is set); spawning
+them is deploy/'s job. A request whose instance dies before its first event is routed again
+(`max_retries` times, never to the same instance); one that dies mid-stream ends with an
+error event (finish_reason "error"). `Overloaded` is raised before any event when SLO admission
+refuses (the server answers 429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from pdserve.cluster import kv_sync
+from pdserve.cluster.block_hasher import BlockHasher
+from pdserve.cluster.fleet_status import aggregate_status, fleet_info
+from pdserve.cluster.pending import PendingPrefixes
+from pdserve.cluster.policies import PolicyConfig, admit, make_policy
+from pdserve.cluster.prefix_index import PrefixIndex
+from pdserve.cluster.prom import ControllerMetrics
+from pdserve.cluster.registry import InstanceRecord, Registry
+from pdserve.engine import protocol as P
+from pdserve.engine.client import EngineDeadError, RequestRejected
+from pdserve.types import FinishReason, Request, TokenEvent
+
+log = logging.getLogger(__name__)
+MONITOR_PERIOD_S = 0.1
+
+
+class Overloaded(RuntimeError):
+    """SLO admission refused the request: no instance is expected to meet the TTFT SLO.
+    Servers answer 429 with `Retry-After: retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class _InstanceLost(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    address: str = "tcp://127.0.0.1:*"  # where workers connect (bind; ":*" picks a port)
+    routing: str = "ttft"
+    policy: PolicyConfig = PolicyConfig()
+    heartbeat_timeout_s: float = 1.0  # + MONITOR_PERIOD_S: out of rotation within 2 s
+    max_retries: int = 1  # re-routes of a request whose instance died before its first event
+    slo_ttft_s: float | None = None  # SLO admission off when None
+    slo_margin: float = 0.2
+    retry_after_s: int = 1
+    control_token: str | None = None  # REGISTER must carry it when set
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request in flight on one instance."""
+
+    queue: asyncio.Queue
+    instance_id: str
+    dispatched_s: float
+    block_hashes: list[int] = field(default_factory=list)  # in the pending overlay until started
+    has_started: bool = False
+
+
+class Controller:
+    def __init__(
+        self,
+        config: ControllerConfig = ControllerConfig(),
+        metrics: ControllerMetrics | None = None,
+    ):
+        self.config = config
+        self.metrics = metrics or ControllerMetrics()
+        self.policy = make_policy(config.routing, config.policy)
+        self.registry = Registry(config.heartbeat_timeout_s, config.control_token)
+        self.index = PrefixIndex()
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.error: str | None = None
+        self.last_status: P.WorkerStatus | None = None
+        self._info: P.WorkerInfo | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._unstarted: dict[str, None] = {}
+        self._hasher: BlockHasher | None = None
+        self.pending = PendingPrefixes()  # prompts routed, not started: routing counts them
+        self._calls: dict[int, asyncio.Future] = {}
+        self._call_ids = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self._changed = asyncio.Event()  # set on every registration or removal
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(config.address)
+        self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._recv_loop()), asyncio.create_task(self._monitor())]
+
+    async def wait_for_instances(self, num: int, timeout_s: float | None = None) -> None:
+        async def wait() -> None:
+            while len(self.registry) < num:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout_s)
+
+    async def close(self, shutdown_workers: bool = True) -> None:
+        if shutdown_workers:
+            for record in self.registry.live():
+                self._send(record, P.SHUTDOWN)
+            await asyncio.sleep(0.05)  # let the frames leave
+        for record in self.registry.live():
+            self._remove(record, "the controller was shut down")
+        self.error = "the controller was shut down"
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sock.close()
+        self._ctx.term()
+
+    @property
+    def info(self) -> P.WorkerInfo | None:
+        """The fleet as one engine (see fleet_status.fleet_info); None before any instance."""
+        if self._info is None and len(self.registry):
+            self._info = fleet_info(self.registry.live(), self.incarnation)
+        return self._info
+
+    @property
+    def num_unstarted(self) -> int:
+        return len(self._unstarted)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    async def generate(self, req: Request) -> AsyncIterator[TokenEvent]:
+        rid, excluded, num_retries = req.request_id, [], 0
+        flight: _Flight | None = None
+        is_done = False
+        self._unstarted[rid] = None
+        try:
+            while True:
+                flight = self._dispatch(req, excluded)
+                lost = None
+                while lost is None:
+                    item = await flight.queue.get()
+                    if isinstance(item, _InstanceLost):
+                        lost = item
+                    elif isinstance(item, Exception):
+                        is_done = True
+                        raise item
+                    else:
+                        self._unstarted.pop(rid, None)
+                        is_done = item.is_finished
+                        yield item
+                        if is_done:
+                            return
+                self._release(rid)
+                if flight.has_started:
+                    is_done = True
+                    yield TokenEvent(
+                        rid,
+                        (),
+                        FinishReason.ERROR,
+                        error=f"instance {flight.instance_id} failed mid-stream: {lost}",
+                    )
+                    return
+                if num_retries >= self.config.max_retries:
+                    raise EngineDeadError(
+                        f"instance {flight.instance_id} failed before the first token ({lost}); "
+                        f"retried {num_retries} time(s)"
+                    )
+                num_retries += 1
+                excluded.append(flight.instance_id)
+                self.metrics.retries.inc()
+        finally:
+            self._unstarted.pop(rid, None)
+            if flight is not None and not is_done:
+                record = self.registry.get(flight.instance_id)
+                if record is not None and rid in record.request_ids:
+                    self._send(record, P.ABORT, [rid], "abort")
+            self._release(rid)
+
+    def _dispatch(self, req: Request, excluded: list[str]) -> _Flight:
+        """Route `req` and submit it; Overloaded or EngineDeadError if it cannot go anywhere."""
+        records = [r for r in self.registry.live() if r.instance_id not in excluded]
+        if not records:
+            tried = f" (failed on {', '.join(excluded)})" if excluded else ""
+            raise EngineDeadError(f"no live instance to run the request{tried}")
+        start_s = time.perf_counter()
+        now = time.monotonic()
+        hashes: list[int] = []
+        matched: dict[str, int] = {}
+        if self.policy.needs_prefix:
+            block_size = records[0].info.block_size
+            if self._hasher is None or self._hasher.block_size != block_size:
+                self._hasher = BlockHasher(block_size)
+            hashes = self._hasher(req.prompt_token_ids)
+            matched = self.pending.matched(self.index, hashes)
+        decision = self.policy.route(req, [r.snapshot() for r in records], now, matched)
+        record = self.registry.get(decision.instance_id)
+        num_matched = decision.matched_blocks * record.info.block_size
+        self.metrics.observe_route(
+            record.instance_id, time.perf_counter() - start_s, decision.est_ttft_s, num_matched
+        )
+        if not admit(decision, self.config.slo_ttft_s, self.config.slo_margin):
+            self.metrics.rejected.inc()
+            raise Overloaded(
+                f"the fleet cannot meet the TTFT SLO of "
+                f"{self.config.slo_ttft_s * 1000:.0f} ms now (best estimate "
+                f"{decision.est_ttft_s * 1000:.0f} ms); retry later",
+                self.config.retry_after_s,
+            )
+        flight = _Flight(asyncio.Queue(), record.instance_id, now, hashes)
+        self._flights[req.request_id] = flight
+        record.request_ids[req.request_id] = None
+        record.num_routed += 1
+        record.add_unstarted(req.request_id, max(len(req.prompt_token_ids) - num_matched, 1))
+        self.pending.add(record.instance_id, hashes)
+        self._send(record, P.SUBMIT, P.encode_request(req))
+        return flight
+
+    def _release(self, rid: str) -> None:
+        flight = self._flights.pop(rid, None)
+        if flight is None:
+            return
+        self.pending.remove(flight.instance_id, flight.block_hashes)
+        record = self.registry.get(flight.instance_id)
+        if record is not None:
+            record.request_ids.pop(rid, None)
+            record.started(rid)
+
+    async def abort(self, request_id: str) -> None:
+        flight = self._flights.get(request_id)
+        record = flight and self.registry.get(flight.instance_id)
+        if record is not None:
+            self._send(record, P.ABORT, [request_id], "abort")
+
+    # ---- fleet views -----------------------------------------------------------------------
+
+    async def status(self) -> P.WorkerStatus:
+        """The fleet's load and counters summed, from the last heartbeats (no round trip)."""
+        self.last_status = aggregate_status(self.registry.live())
+        self.metrics.live.set(len(self.registry))
+        self.metrics.index_blocks.set(len(self.index))
+        return self.last_status
+
+    async def check_integrity(self) -> None:
+        records = self.registry.live()
+        await asyncio.gather(*(self.call(r.instance_id, "check_integrity") for r in records))
+
+    async def call(
+        self, instance_id: str, op: str, args: dict | None = None, timeout_s: float = 10.0
+    ):
+        record = self.registry.get(instance_id)
+        if record is None:
+            raise EngineDeadError(f"no live instance {instance_id!r}")
+        call_id = next(self._call_ids)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (future, record.peer)
+        self._send(record, P.CALL, call_id, op, args or {})
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._calls.pop(call_id, None)
+
+    def mark_dead(self, instance_id: str, reason: str) -> None:
+        """Take an instance out of rotation now (e.g. its launcher saw the process exit)."""
+        record = self.registry.get(instance_id)
+        if record is not None:
+            self._remove(record, reason)
+
+    # ---- messages in -----------------------------------------------------------------------
+
+    async def _recv_loop(self) -> None:
+        while True:
+            peer, frame = await self._sock.recv_multipart()
+            try:
+                self._handle(peer, *P.unpack(frame))
+            except Exception:  # a malformed frame must not stop the fleet
+                log.exception("controller: bad message from %r", peer)
+
+    def _handle(self, peer: bytes, msg_type: str, body: tuple) -> None:
+        now = time.monotonic()
+        if msg_type == P.REGISTER:
+            self._register(peer, body, now)
+            return
+        record = self.registry.by_peer(peer)
+        if record is None:  # not registered, refused, or already taken out of rotation
+            if msg_type == P.FAILED:
+                log.warning("controller: worker %r failed to start: %s", peer, body[-1])
+            return
+        record.last_heard_s = now  # any message is a sign of life
+        if msg_type == P.TOKENS:
+            for data in body[0]:
+                flight = self._flights.get(data[0])
+                if flight is not None:
+                    event = P.decode_event(data)
+                    if not flight.has_started:
+                        self._started(record, flight, event, now)
+                    flight.queue.put_nowait(event)
+        elif msg_type == P.KV:
+            events = [P.decode_kv_event(e) for e in body[1]]
+            if not kv_sync.apply_kv(self.index, record, body[0], events):
+                asyncio.create_task(self._replay(record))
+        elif msg_type == P.HEARTBEAT:
+            status = P.decode_status(body[0])
+            self.registry.heard(record, status, now)
+            if kv_sync.is_behind(record, status.kv_seq):
+                asyncio.create_task(self._replay(record))
+        elif msg_type == P.REPLY:
+            call_id, ok, value = body
+            future, _ = self._calls.get(call_id, (None, None))
+            if future is not None and not future.done():
+                future.set_result(value) if ok else future.set_exception(RuntimeError(value))
+        elif msg_type == P.REJECT:
+            flight = self._flights.get(body[0])
+            if flight is not None:
+                flight.queue.put_nowait(RequestRejected(body[1]))
+
+    def _register(self, peer: bytes, body: tuple, now: float) -> None:
+        info = P.decode_info(body[0])
+        token = body[1] if len(body) > 1 else None
+        if not self.registry.is_authorized(token):
+            log.warning(
+                "controller: refused %s/%s: wrong control token", info.instance_id, info.incarnation
+            )
+            return
+        record, old = self.registry.register(peer, info, now)
+        if old is not None:
+            self._remove(old, f"restarted as incarnation {info.incarnation}")
+        self._info = None
+        self._changed.set()
+        log.info("controller: instance %s/%s joined", info.instance_id, info.incarnation)
+
+    def _started(self, record, flight: _Flight, event: TokenEvent, now: float) -> None:
+        flight.has_started = True
+        record.started(event.request_id)
+        self.pending.remove(flight.instance_id, flight.block_hashes)
+        flight.block_hashes = []
+        self.metrics.observe_first_event(
+            flight.instance_id, now - flight.dispatched_s, event.num_cached_tokens
+        )
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_PERIOD_S)
+            for record in self.registry.expired(time.monotonic()):
+                self._remove(record, f"no heartbeat for {self.config.heartbeat_timeout_s:.1f} s")
+
+    async def _replay(self, record: InstanceRecord) -> None:
+        record.is_replaying = True
+        self.metrics.replays.inc()
+        try:
+            reply = await self.call(
+                record.instance_id, "kv_replay", {"from_seq": record.kv_next_seq}
+            )
+        except Exception as e:
+            record.is_replaying = False
+            log.warning("controller: KV replay from %s failed: %s", record.instance_id, e)
+            return
+        if self.registry.get(record.instance_id) is record:
+            kv_sync.apply_replay(self.index, record, reply, P.decode_kv_event)
+
+    def _remove(self, record: InstanceRecord, reason: str) -> None:
+        """Out of rotation: its index entries dropped, its requests failed over."""
+        if self.registry.get(record.instance_id) is record:
+            self.registry.remove(record.instance_id)
+        self.index.drop_instance(record.instance_id)
+        self.metrics.failed.inc()
+        self._info = None
+        self._changed.set()
+        log.warning(
+            "controller: instance %s/%s out of rotation: %s",
+            record.instance_id,
+            record.incarnation,
+            reason,
+        )
+        for rid in list(record.request_ids):
+            flight = self._flights.get(rid)
+            if flight is not None:
+                flight.queue.put_nowait(_InstanceLost(reason))
+        record.request_ids.clear()
+        for future, peer in list(self._calls.values()):
+            if peer == record.peer and not future.done():
+                future.set_exception(EngineDeadError(reason))
+
+    def _send(self, record: InstanceRecord, msg_type: str, *body) -> None:
+        try:
+            self._sock.send_multipart([record.peer, P.pack(msg_type, *body)])
+        except zmq.ZMQError as e:  # the peer is gone (ROUTER_MANDATORY)
+            if not self._sock.closed:
+                self._remove(record, f"unreachable: {e}")

@@ -1,0 +1,1 @@
+"""Placing workers: local processes (default) and Ray actors for many machines."""

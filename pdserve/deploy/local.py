@@ -1,0 +1,110 @@
+"""Local placement: N worker processes on this machine, each connected to the controller.
+
+Each worker runs `python -m <module> --driver <controller address> --instance-id <id>
+--parent-pid <us>` plus the engine flags, in its own session (Ctrl-C reaches only the
+controller, which shuts them down) and exits by itself if this process dies. A process that
+exits is reported to the controller at once (faster than missed heartbeats) and, with
+`restart`, started again: it rejoins under a new incarnation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+WORKER_MODULE = "pdserve.engine.worker"
+FAKE_WORKER_MODULE = "pdserve.deploy.fake_worker"
+WATCH_PERIOD_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFleetConfig:
+    num_instances: int
+    worker_argv: tuple[str, ...] = ()  # engine flags, the same for every worker
+    module: str = WORKER_MODULE
+    heartbeat_s: float = 0.25
+    id_prefix: str = "worker"
+    restart: bool = False  # start a worker again when its process exits
+    env: dict[str, str] = field(default_factory=dict)  # added to each worker's environment
+
+
+class LocalFleet:
+    def __init__(
+        self,
+        config: LocalFleetConfig,
+        driver_address: str,
+        on_exit: Callable[[str, str], None] = lambda instance_id, reason: None,
+    ):
+        self.config = config
+        self.driver_address = driver_address
+        self.on_exit = on_exit  # (instance_id, reason): take it out of rotation
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._watcher: asyncio.Task | None = None
+
+    @property
+    def instance_ids(self) -> list[str]:
+        return [f"{self.config.id_prefix}-{i}" for i in range(self.config.num_instances)]
+
+    def start(self) -> None:
+        for instance_id in self.instance_ids:
+            self.spawn(instance_id)
+        self._watcher = asyncio.create_task(self._watch())
+
+    def spawn(self, instance_id: str, extra_argv: Sequence[str] = ()) -> subprocess.Popen:
+        c = self.config
+        cmd = [
+            sys.executable,
+            "-m",
+            c.module,
+            "--driver",
+            self.driver_address,
+            "--instance-id",
+            instance_id,
+            "--parent-pid",
+            str(os.getpid()),
+            "--heartbeat-s",
+            str(c.heartbeat_s),
+            *c.worker_argv,
+            *extra_argv,
+        ]
+        env = {**os.environ, **c.env}
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        self.procs[instance_id] = proc
+        return proc
+
+    def kill(self, instance_id: str) -> None:
+        """SIGKILL one worker (fault tests); the watcher reports it like any other exit."""
+        self.procs[instance_id].kill()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            for instance_id, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del self.procs[instance_id]
+                self.on_exit(instance_id, f"worker process {proc.pid} exited (code {code})")
+                if self.config.restart:
+                    self.spawn(instance_id)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Wait for the workers to exit (after the controller's SHUTDOWN), then kill the rest."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        for proc in self.procs.values():
+            while proc.poll() is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
