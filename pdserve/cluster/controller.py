@@ -34,20 +34,11 @@ from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.cluster.prom import ControllerMetrics
 from pdserve.cluster.registry import InstanceRecord, Registry
 from pdserve.engine import protocol as P
-from pdserve.engine.client import EngineDeadError, RequestRejected
+from pdserve.engine.client import EngineDeadError, Overloaded, RequestRejected
 from pdserve.types import FinishReason, Request, TokenEvent
 
 log = logging.getLogger(__name__)
 MONITOR_PERIOD_S = 0.1
-
-
-class Overloaded(RuntimeError):
-    """SLO admission refused the request: no instance is expected to meet the TTFT SLO.
-    Servers answer 429 with `Retry-After: retry_after_s`."""
-
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class _InstanceLost(Exception):

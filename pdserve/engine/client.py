@@ -26,6 +26,15 @@ class EngineDeadError(RuntimeError):
     """The engine (worker) is gone: the request cannot finish. Servers answer 5xx."""
 
 
+class Overloaded(RuntimeError):
+    """Admission refused the request: it is not expected to meet its SLO now. Servers answer
+    429 with `Retry-After: retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RequestRejected(ValueError):
     """The engine refused the request: it can never run (e.g. too long). Servers answer 400."""
 

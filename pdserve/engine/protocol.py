@@ -7,7 +7,7 @@ Every frame is msgpack of `[type, body]`; dataclasses travel as lists of their f
 
     driver -> worker                          worker -> driver
     SUBMIT   Request                          PROGRESS   stage text while loading
-    ABORT    [request_id...], reason          REGISTER   WorkerInfo (ready; carries incarnation)
+    ABORT    [request_id...], reason          REGISTER   WorkerInfo, control token (ready)
     CALL     call_id, op, args -> REPLY       FAILED     error text (could not start)
     SHUTDOWN                                  TOKENS     [TokenEvent...] of one step
                                               REJECT     request_id, error (can never run)

@@ -165,6 +165,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--heartbeat-s", type=float, default=0.25)
+    parser.add_argument(
+        "--control-token",
+        default=None,
+        help="shown to the driver on registration (default: $PDSERVE_CONTROL_TOKEN)",
+    )
     add_engine_arguments(parser)
 
 
@@ -194,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     engine.core.instance_id = args.instance_id
     worker = Worker(sock, engine, info, args.heartbeat_s)
-    worker.send(P.REGISTER, P.encode_info(info))
+    from pdserve.config import env_str
+
+    worker.send(
+        P.REGISTER,
+        P.encode_info(info),
+        args.control_token or env_str("PDSERVE_CONTROL_TOKEN") or None,
+    )
     worker.run(args.parent_pid)
     sock.close()
     return 0

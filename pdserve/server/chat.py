@@ -102,7 +102,7 @@ async def create_chat_completion(
                     "model": model, "choices": [],
                     "usage": usage(len(prompt_ids), trackers)}  # fmt: skip
 
-        return stream(state, choices, chunk, usage_chunk if include_usage else None)
+        return await stream(state, choices, chunk, usage_chunk if include_usage else None)
 
     trackers = await collect(state, choices, http)
     out_choices = []

@@ -120,7 +120,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, http: H
             return {"id": rid, "object": "text_completion", "created": created, "model": model,
                     "choices": [], "usage": usage(num_prompt_tokens, trackers)}  # fmt: skip
 
-        return stream(state, choices, chunk, usage_chunk if include_usage else None)
+        return await stream(state, choices, chunk, usage_chunk if include_usage else None)
 
     trackers = await collect(state, choices, http)
     out_choices = []

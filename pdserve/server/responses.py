@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import Request as HTTPRequest
 from fastapi.responses import StreamingResponse
 
-from pdserve.engine.client import EngineDeadError, RequestRejected
+from pdserve.engine.client import EngineDeadError, Overloaded, RequestRejected
 from pdserve.engine.output import OutputTracker
 from pdserve.server.errors import APIError
 from pdserve.server.generation import ServerState, merge, run_choice
@@ -61,6 +61,10 @@ def engine_error(exc: Exception) -> APIError:
         return APIError(400, str(exc), code="invalid_request")
     if isinstance(exc, EngineDeadError):
         return APIError(503, f"the engine failed: {exc}", code="engine_dead")
+    if isinstance(exc, Overloaded):
+        return APIError(
+            429, str(exc), code="overloaded", headers={"Retry-After": str(exc.retry_after_s)}
+        )
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
@@ -99,19 +103,34 @@ async def collect(
     return [trackers[i] for i in range(len(choices))]
 
 
-def stream(
+async def stream(
     state: ServerState,
     choices: list[Choice],
     chunk: ChunkFn,
     usage_chunk: Callable[[list[OutputTracker]], dict] | None,
 ) -> StreamingResponse:
     """SSE: one chunk per engine event and choice, the usage chunk if asked, then [DONE].
-    Starlette cancels this generator when the client disconnects; that aborts every choice."""
+    The first event is awaited before the status line goes out, so a request the engine refuses
+    (400), cannot admit (429) or cannot run (503) gets a real status. Starlette cancels the
+    generator when the client disconnects; that aborts every choice."""
+    merged = merge(_streams(state, choices))
+    try:
+        first = await anext(merged)
+    except StopAsyncIteration:
+        first = None
+    except Exception as e:
+        raise engine_error(e) from e
+
+    async def rest():
+        if first is not None:
+            yield first
+            async for item in merged:
+                yield item
 
     async def events() -> AsyncIterator[str]:
         trackers: dict[int, OutputTracker] = {}
         try:
-            async for i, (text, event, tracker) in merge(_streams(state, choices)):
+            async for i, (text, event, tracker) in rest():
                 trackers[i] = tracker
                 data = chunk(choices[i].index, text, event, tracker)
                 if data is not None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from pdserve.cluster.controller import ControllerConfig, Overloaded
+from pdserve.cluster.controller import ControllerConfig
 from pdserve.cluster.cost_model import StepCostModel
 from pdserve.cluster.policies import PolicyConfig
+from pdserve.engine.client import Overloaded
 from pdserve.server.responses import engine_error
 from tests.cluster.harness import fleet, request, run_request
 
@@ -51,10 +50,6 @@ def test_a_saturated_fleet_refuses_with_429_and_admits_again_when_idle():
     assert after == "ok"
 
 
-@pytest.mark.skipif(
-    engine_error(Overloaded("x")).status != 429,
-    reason="the server does not map Overloaded to 429 yet",
-)
 def test_the_server_answers_429_with_retry_after():
     error = engine_error(Overloaded("full", retry_after_s=2))
     assert error.status == 429

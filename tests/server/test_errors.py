@@ -130,10 +130,6 @@ def test_dead_engine_fails_in_flight_requests_with_an_error(stream):
             return await asyncio.wait_for(task, 10)
 
     r = asyncio.run(run())
-    if stream:
-        assert r.status_code == 200
-        assert "the engine worker exited (code -9)" in r.text
-        assert r.text.rstrip().endswith("data: [DONE]")
-    else:
-        assert r.status_code == 503
-        assert "the engine worker exited (code -9)" in error_of(r)["message"]
+    # Dead before the first token: streaming or not, the status line can still say so.
+    assert r.status_code == 503
+    assert "the engine worker exited (code -9)" in error_of(r)["message"]
