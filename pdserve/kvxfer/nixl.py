@@ -1,0 +1,121 @@
+"""NIXL transport: one NIXL agent per instance, the whole KV tensor registered as one region,
+each transfer one NIXL request over the spec's coalesced descriptors (one per layer and run).
+
+push = NIXL WRITE (local src -> peer dst), pull = NIXL READ (peer src -> local dst). The peer
+only has to have registered its cache and handed over its metadata; the initiator drives the
+transfer (UCX: shared memory / CMA on one host, RDMA or TCP across hosts, CUDA for VRAM).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pdserve.kvxfer.base import TransportBase
+from pdserve.kvxfer.coalesce import Descriptors
+from pdserve.kvxfer.spec import Direction, PeerMetadata
+
+logger = logging.getLogger(__name__)
+
+
+def load_nixl():
+    """The NIXL agent classes (nixl_agent, nixl_agent_config), or ImportError saying why."""
+    try:
+        from nixl_cu12 import nixl_agent, nixl_agent_config
+    except ImportError:
+        from nixl._api import nixl_agent, nixl_agent_config  # the unsuffixed wheel
+    return nixl_agent, nixl_agent_config
+
+
+@dataclass(frozen=True, slots=True)
+class _NixlPeer:
+    agent_name: str
+    base_addr: int  # address of the peer's KV tensor in the peer's process
+    device_id: int  # 0 for DRAM
+    mem_type: str  # "DRAM" or "VRAM"
+
+
+class NixlTransport(TransportBase):
+    kind = "nixl"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        timeout_s: float = 10.0,
+        clock: Callable[[], float] | None = None,
+        backends: tuple[str, ...] = ("UCX",),
+        progress_thread: bool = True,
+    ):
+        super().__init__(name, timeout_s=timeout_s, clock=clock)
+        nixl_agent, nixl_agent_config = load_nixl()
+        config = nixl_agent_config(enable_prog_thread=progress_thread, backends=list(backends))
+        self.agent = nixl_agent(name, config)
+        self._reg_descs = None
+        self._local: _NixlPeer | None = None
+
+    def _register(self, kv_cache) -> dict[str, Any]:
+        self._reg_descs = self.agent.register_memory(kv_cache)  # one region: the whole tensor
+        mem_type = "VRAM" if kv_cache.is_cuda else "DRAM"
+        device_id = kv_cache.device.index if kv_cache.is_cuda else 0
+        self._local = _NixlPeer(self.name, kv_cache.data_ptr(), device_id, mem_type)
+        return {
+            "agent_metadata": self.agent.get_agent_metadata(),  # bytes; includes the region
+            "base_addr": self._local.base_addr,
+            "device_id": device_id,
+            "mem_type": mem_type,
+        }
+
+    def _add_peer(self, meta: PeerMetadata) -> _NixlPeer:
+        agent_name = self.agent.add_remote_agent(meta.backend["agent_metadata"])
+        b = meta.backend
+        return _NixlPeer(agent_name, b["base_addr"], b["device_id"], b["mem_type"])
+
+    def _dlist(self, side: _NixlPeer, offsets: np.ndarray, nbytes: np.ndarray):
+        rows = np.empty((offsets.size, 3), dtype=np.uint64)  # [n, (addr, len, device_id)]
+        rows[:, 0] = offsets + side.base_addr
+        rows[:, 1] = nbytes
+        rows[:, 2] = side.device_id
+        return self.agent.get_xfer_descs(rows, side.mem_type)
+
+    def _post(self, peer: _NixlPeer, descs: Descriptors, direction: Direction) -> Any:
+        if direction == "push":
+            local_offsets, remote_offsets, op = descs.src_offsets, descs.dst_offsets, "WRITE"
+        else:
+            local_offsets, remote_offsets, op = descs.dst_offsets, descs.src_offsets, "READ"
+        local = self._dlist(self._local, local_offsets, descs.nbytes)
+        remote = self._dlist(peer, remote_offsets, descs.nbytes)
+        handle = self.agent.initialize_xfer(op, local, remote, peer.agent_name)
+        if self.agent.transfer(handle) == "ERR":
+            self._release(handle)
+            raise RuntimeError(f"NIXL refused to post {op} to {peer.agent_name}")
+        return handle
+
+    def _check(self, token: Any) -> bool | None:
+        state = self.agent.check_xfer_state(token)
+        if state == "PROC":
+            return None
+        self._release(token)
+        return state == "DONE"
+
+    def _cancel(self, token: Any) -> None:
+        self._release(token)  # NIXL cancels an active request on release
+
+    def _release(self, handle) -> None:
+        try:
+            self.agent.release_xfer_handle(handle)
+        except Exception as exc:  # cannot cancel: NIXL keeps it; nothing more we can do
+            logger.warning("%s: releasing a NIXL request failed: %s", self.name, exc)
+
+    def close(self) -> None:
+        super().close()
+        for _, peer in self._peers.values():
+            self.agent.remove_remote_agent(peer.agent_name)
+        self._peers.clear()
+        if self._reg_descs is not None:
+            self.agent.deregister_memory(self._reg_descs)
+            self._reg_descs = None

@@ -1,0 +1,266 @@
+"""`SimCluster`: a fleet of `SimInstance`s behind the REAL routing policies and the REAL global
+prefix index, driven by the event loop. Produces one `metrics.RequestTimeline` per request.
+
+What the controller sees is what a real one would: each instance publishes its snapshot and its
+KV events (numbered batches into `PrefixIndex`) at the end of every step; requests routed since
+are added to the view with `policies.add_pending`.
+
+PD disaggregation (until the scheduler has PD states; kept small on purpose):
+    1. the prefill instance runs the request with max_tokens=1: its one token is the first token;
+    2. the KV of the prompt crosses the network (`network.Network`, prompt_len x KV bytes/token);
+    3. the decode instance gets prompt + first token with max_tokens = output_len - 1, and its
+       executor prices the transferred prompt tokens at zero (they still take that step's token
+       budget: the approximation to drop once the decode side can reserve remote KV).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pdserve.bench.workload import BenchRequest
+from pdserve.cluster.policies import PolicyConfig, add_pending, admit, make_policy
+from pdserve.cluster.prefix_index import PrefixIndex
+from pdserve.hashing import hash_blocks
+from pdserve.metrics import RequestTimeline
+from pdserve.sim.events import (
+    Arrival,
+    EventLoop,
+    InstanceFailure,
+    InstanceRestart,
+    StepEnd,
+    StepStart,
+    TransferDone,
+)
+from pdserve.sim.instance import SIM_TOKEN_ID, SimInstance
+from pdserve.sim.network import Network, Topology
+from pdserve.sim.trace import ChromeTrace
+from pdserve.types import Request, SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    routing: str = "ttft"  # policy for fused and prefill instances
+    decode_routing: str = "least_load"  # PD: policy choosing the decode instance
+    policy: PolicyConfig = PolicyConfig()
+    topology: Topology = Topology()
+    slo_ttft_s: float | None = None  # SLO admission: refuse when the estimate misses it
+    max_retries: int = 1  # re-routes of a request whose instance died before its first token
+    failures: tuple[tuple[float, str, float], ...] = ()  # (time_s, instance_id, downtime_s)
+    record_plans: bool = False  # keep every (start_s, plan.summary()) per instance
+    trace: bool = False  # Chrome-trace events (steps, transfers, faults)
+
+
+@dataclass(slots=True, eq=False)
+class _ReqState:
+    bench: BenchRequest
+    timeline: RequestTimeline
+    num_retries: int = 0
+    stage: str = "fused"  # "fused" | "prefill" | "transfer" | "decode"
+
+
+@dataclass(slots=True)
+class _Handoff:
+    state: _ReqState
+    src: SimInstance
+    dst: SimInstance
+
+
+@dataclass(slots=True)
+class SimResult:
+    timelines: list[RequestTimeline]
+    duration_s: float  # first arrival to last token
+    num_events: int
+    plans: dict[str, list[tuple[float, tuple]]] = field(default_factory=dict)
+    trace: list[dict] | None = None
+    instances: list[SimInstance] = field(default_factory=list)
+
+
+class SimCluster:
+    def __init__(
+        self,
+        instances: Sequence[SimInstance],
+        config: SimConfig = SimConfig(),
+        kv_bytes_per_token: int = 0,
+    ):
+        self.instances = list(instances)
+        self.by_id = {inst.instance_id: inst for inst in self.instances}
+        self.config = config
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.policy = make_policy(config.routing, config.policy)
+        self.decode_policy = make_policy(config.decode_routing, config.policy)
+        self.index = PrefixIndex()
+        self.network = Network(config.topology)
+        self.loop = EventLoop()
+        self.trace = ChromeTrace(self.instances) if config.trace else None
+        self.plans: dict[str, list] = {i.instance_id: [] for i in self.instances}
+        self.block_size = self.instances[0].scheduler.block_size
+        self._reqs: dict[str, _ReqState] = {}
+        self._next_turn: dict[tuple[int, int], BenchRequest] = {}  # (session, turn) -> request
+        self._sampling: dict[int, SamplingParams] = {}
+        self.is_pd = any(i.role == "prefill" for i in self.instances)
+
+    # ---- running -------------------------------------------------------------------------
+
+    def run(self, requests: Sequence[BenchRequest]) -> SimResult:
+        for req in requests:
+            self._reqs[req.request_id] = _ReqState(
+                req, RequestTimeline(req.arrival_s, req.prompt_len)
+            )
+            if req.session_id is not None and req.turn > 0:
+                self._next_turn[(req.session_id, req.turn)] = req  # sent when turn - 1 ends
+            else:
+                self.loop.push(req.arrival_s, Arrival(req))
+        for time_s, instance_id, downtime_s in self.config.failures:
+            self.loop.push(time_s, InstanceFailure(self.by_id[instance_id]))
+            self.loop.push(time_s + downtime_s, InstanceRestart(self.by_id[instance_id]))
+        self.loop.run(self)
+        timelines = [self._reqs[r.request_id].timeline for r in requests]
+        start = min((t.send_s for t in timelines), default=0.0)
+        end = max((t.end_s or t.send_s for t in timelines), default=0.0)
+        return SimResult(
+            timelines,
+            max(end - start, 1e-9),
+            self.loop.num_fired,
+            self.plans,
+            self.trace.events if self.trace else None,
+            self.instances,
+        )
+
+    def _sampling_for(self, max_tokens: int) -> SamplingParams:
+        params = self._sampling.get(max_tokens)
+        if params is None:
+            params = self._sampling[max_tokens] = SamplingParams(max_tokens, ignore_eos=True)
+        return params
+
+    def _submit(self, inst: SimInstance, req: Request, now: float) -> None:
+        inst.scheduler.add_request(req)
+        inst.view = add_pending(inst.view, len(req.prompt_token_ids))
+        if not inst.is_busy and not inst.kick_pending:
+            inst.kick_pending = True
+            self.loop.push(now, StepStart(inst))
+
+    def _start(self, inst: SimInstance, now: float) -> None:
+        duration_s = inst.start_step(now)
+        if self.config.record_plans:
+            self.plans[inst.instance_id].append((now, inst.plan.summary()))
+        if self.trace is not None:
+            self.trace.step(inst, inst.plan, now, duration_s)
+        self.loop.push(now + duration_s, StepEnd(inst, inst.incarnation))
+
+    # ---- events --------------------------------------------------------------------------
+
+    def on_arrival(self, bench: BenchRequest, now: float) -> None:
+        state = self._reqs[bench.request_id]
+        roles = ("prefill",) if self.is_pd else ("fused",)
+        candidates = [i for i in self.instances if i.is_alive and i.role in roles]
+        if not candidates:
+            self._fail(state, now, "no live instance")
+            return
+        matched = {}
+        if self.policy.needs_prefix:
+            matched = self.index.longest_prefix(
+                hash_blocks(bench.prompt_token_ids, self.block_size)
+            )
+        max_tokens = 1 if self.is_pd else bench.output_len
+        req = Request(bench.request_id, bench.prompt_token_ids, self._sampling_for(max_tokens), now)
+        decision = self.policy.route(req, [i.view for i in candidates], now, matched)
+        if not admit(decision, self.config.slo_ttft_s):
+            self._fail(state, now, "429: the TTFT SLO cannot be met")
+            return
+        state.stage = "prefill" if self.is_pd else "fused"
+        self._submit(self.by_id[decision.instance_id], req, now)
+
+    def on_step_start(self, inst: SimInstance, now: float) -> None:
+        inst.kick_pending = False
+        if inst.is_alive and not inst.is_busy and inst.scheduler.has_unfinished:
+            self._start(inst, now)
+
+    def on_step_end(self, inst: SimInstance, now: float) -> None:
+        for event in inst.end_step(now):
+            state = self._reqs[event.request_id]
+            tl = state.timeline
+            if event.new_token_ids:
+                tl.token_times_s.append(now)
+                tl.num_output_tokens += len(event.new_token_ids)
+            if event.finish_reason is not None:
+                if state.stage == "prefill" and state.bench.output_len > 1:
+                    self._hand_off(state, inst, now)
+                else:
+                    self._finish(state, now)
+        inst.publish(now)
+        self.index.apply(inst.instance_id, inst.kv_seq_no, inst.scheduler.drain_kv_events())
+        inst.kv_seq_no += 1
+        if inst.scheduler.has_unfinished:
+            self._start(inst, now)
+
+    def _hand_off(self, state: _ReqState, src: SimInstance, now: float) -> None:
+        decodes = [i for i in self.instances if i.is_alive and i.role == "decode"]
+        if not decodes:
+            self._fail(state, now, "no live decode instance")
+            return
+        req = Request(state.bench.request_id, state.bench.prompt_token_ids, self._sampling_for(1))
+        dst = self.by_id[self.decode_policy.route(req, [i.view for i in decodes], now).instance_id]
+        num_bytes = state.bench.prompt_len * self.kv_bytes_per_token
+        start_s, done_s = self.network.transfer(src.index, dst.index, num_bytes, now)
+        if self.trace is not None:
+            self.trace.transfer(src, dst, state.bench.request_id, start_s, done_s, num_bytes)
+        state.stage = "transfer"
+        self.loop.push(done_s, TransferDone(_Handoff(state, src, dst)))
+
+    def on_transfer_done(self, handoff: _Handoff, now: float) -> None:
+        state, dst = handoff.state, handoff.dst
+        if not dst.is_alive:
+            self._hand_off(state, handoff.src, now)  # the KV is still on the prefill side
+            return
+        bench = state.bench
+        req = Request(bench.request_id, bench.prompt_token_ids + (SIM_TOKEN_ID,),
+                      self._sampling_for(bench.output_len - 1), now)  # fmt: skip
+        dst.executor.remote_tokens[bench.request_id] = bench.prompt_len
+        state.stage = "decode"
+        self._submit(dst, req, now)
+
+    def on_failure(self, inst: SimInstance, now: float) -> None:
+        """The instance dies: requests without a token are retried elsewhere (up to
+        max_retries), the others end with an error; its index entries go."""
+        inst.is_alive = False
+        inst.incarnation += 1
+        for request_id in list(inst.scheduler.requests):
+            state = self._reqs[request_id]
+            if not state.timeline.token_times_s and state.num_retries < self.config.max_retries:
+                state.num_retries += 1
+                self.loop.push(now, Arrival(state.bench))
+            else:
+                self._fail(state, now, f"instance {inst.instance_id} failed")
+        self.index.drop_instance(inst.instance_id)
+        if self.trace is not None:
+            self.trace.instant(inst, "failure", now)
+
+    def on_restart(self, inst: SimInstance, now: float) -> None:
+        inst.restart()
+        inst.is_alive = True
+        inst.publish(now)
+        self.index.replace_instance(inst.instance_id, [], 0)
+        if self.trace is not None:
+            self.trace.instant(inst, "restart", now)
+
+    # ---- request ends --------------------------------------------------------------------
+
+    def _finish(self, state: _ReqState, now: float) -> None:
+        state.timeline.end_s = now
+        state.timeline.is_success = True
+        self._release_next_turn(state, now)
+
+    def _fail(self, state: _ReqState, now: float, error: str) -> None:
+        state.timeline.end_s = now
+        state.timeline.error = error
+        self._release_next_turn(state, now)
+
+    def _release_next_turn(self, state: _ReqState, now: float) -> None:
+        bench = state.bench
+        if bench.session_id is None:
+            return
+        nxt = self._next_turn.pop((bench.session_id, bench.turn + 1), None)
+        if nxt is not None:
+            self._reqs[nxt.request_id].timeline.send_s = max(now, nxt.arrival_s)
+            self.loop.push(max(now, nxt.arrival_s), Arrival(nxt))

@@ -1,0 +1,151 @@
+"""`SimInstance`: one simulated instance = the real `sched.Scheduler` + a timed executor.
+
+The executor stands in for the model: it samples a fixed token (outputs never matter to the
+simulation: workloads run with ignore_eos and fixed output lengths) and prices the step with a
+step-time function of the plan. KV that arrived by transfer (PD disaggregation) is free: its
+tokens are scheduled like a prefix the instance computes, but cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from pdserve.cluster.cost_model import StepCostModel, StepShape
+from pdserve.sched.plan import StepPlan, StepResult
+from pdserve.sched.scheduler import Scheduler
+from pdserve.types import InstanceSnapshot
+
+SIM_TOKEN_ID = 11  # every sampled token; never an EOS in the bench vocabulary (ids >= 10)
+
+
+class CostExecutor:
+    """`sched.plan.Executor` whose step takes `step_time(plan)` seconds (or the cost model's)."""
+
+    def __init__(
+        self,
+        cost: StepCostModel | None = None,
+        step_time: Callable[[StepPlan], float] | None = None,
+    ):
+        if (cost is None) == (step_time is None):
+            raise ValueError("give exactly one of cost or step_time")
+        self.cost = cost
+        self.step_time = step_time
+        self.remote_tokens: dict[str, int] = {}  # request_id -> leading tokens whose KV arrived
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        sampled = {s.request.request_id: SIM_TOKEN_ID for s in plan.seqs if s.samples}
+        for request_id in plan.finished_ids:
+            self.remote_tokens.pop(request_id, None)
+        if self.step_time is not None:
+            return StepResult(sampled, duration_s=self.step_time(plan))
+        return StepResult(sampled, duration_s=self.cost.step_time(self._shape(plan)))
+
+    def _shape(self, plan: StepPlan) -> StepShape:
+        remote = self.remote_tokens
+        p_tok = p_pairs = d_seqs = d_ctx = 0
+        for seq in plan.seqs:
+            done, new = seq.num_computed_tokens, seq.num_new_tokens
+            if remote:
+                end = done + new
+                done = max(done, remote.get(seq.request.request_id, 0))
+                new = end - done
+                if new <= 0:
+                    continue
+            if new > 1 or done + new <= seq.request.prompt_len:
+                p_tok += new
+                p_pairs += new * done + new * (new + 1) // 2
+            else:
+                d_seqs += 1
+                d_ctx += done + 1
+        return StepShape(p_tok, p_pairs, d_seqs, d_ctx)
+
+
+class SimInstance:
+    """Scheduler + executor + what the controller sees of it (published per step)."""
+
+    __slots__ = (
+        "index",
+        "instance_id",
+        "role",
+        "scheduler",
+        "executor",
+        "make_scheduler",
+        "is_busy",
+        "is_alive",
+        "incarnation",
+        "plan",
+        "result",
+        "view",
+        "kv_seq_no",
+        "num_steps",
+        "busy_s",
+        "step_start_s",
+        "kick_pending",
+        "gpu",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        instance_id: str,
+        make_scheduler: Callable[[], Scheduler],
+        executor: CostExecutor,
+        role: str = "fused",
+        gpu: str = "",
+    ):
+        self.index = index
+        self.instance_id = instance_id
+        self.role = role
+        self.gpu = gpu
+        self.make_scheduler = make_scheduler
+        self.scheduler = make_scheduler()
+        self.executor = executor
+        self.is_busy = False
+        self.is_alive = True
+        self.incarnation = 0
+        self.plan: StepPlan | None = None
+        self.result: StepResult | None = None
+        self.kv_seq_no = 0  # number of the next KV event batch
+        self.num_steps = 0
+        self.busy_s = 0.0
+        self.step_start_s = 0.0
+        self.kick_pending = False
+        self.view = self.publish(0.0)
+
+    def start_step(self, now: float) -> float:
+        """Schedule and price one step; returns its duration in seconds."""
+        self.plan = self.scheduler.schedule(now)
+        self.result = self.executor.execute(self.plan)
+        self.is_busy = True
+        self.step_start_s = now
+        return self.result.duration_s
+
+    def end_step(self, now: float):
+        """Apply the step's tokens; returns the scheduler's TokenEvents."""
+        events = self.scheduler.update(self.plan, self.result, now)
+        self.is_busy = False
+        self.num_steps += 1
+        self.busy_s += now - self.step_start_s
+        return events
+
+    def publish(self, now: float) -> InstanceSnapshot:
+        """The snapshot the controller gets after each step (as `EngineCore.snapshot`)."""
+        snap = self.scheduler.snapshot(self.instance_id, now)
+        plan, result = self.plan, self.result
+        self.view = replace(
+            snap,
+            step_time_s=result.duration_s if result is not None else 0.0,
+            step_tokens=plan.num_batched_tokens if plan is not None else 0,
+            role=self.role,
+            incarnation=str(self.incarnation),
+        )
+        return self.view
+
+    def restart(self) -> None:
+        """A fresh process: empty scheduler and cache, a new incarnation."""
+        self.scheduler = self.make_scheduler()
+        self.executor.remote_tokens.clear()
+        self.is_busy = self.kick_pending = False
+        self.plan = self.result = None
+        self.kv_seq_no = 0

@@ -1,0 +1,107 @@
+"""`pdserve profile`: measure step times of the real engine on this device, fit the step-time
+model and write a profile JSON for the simulator (pdserve/sim/profiles.py has the format).
+
+The grid drives the engine's own scheduler into known shapes: a lone fresh prompt of P tokens
+(one prefill step), and B requests of context C decoding together (decode steps). Each step is
+timed around `EngineCore.step()` (device synchronized), its shape read from the plan it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="'' = embedded model, or path / dummy:<shape>")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--prefill-lens", type=_ints, default=[16, 64, 128, 256, 512, 1024])
+    p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16, 32])
+    p.add_argument("--context-lens", type=_ints, default=[64, 512])
+    p.add_argument("--decode-steps", type=int, default=4, help="timed decode steps per point")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--name", default=None, help="profile name (default DEVICE-MODEL)")
+    p.add_argument("--out", default=None, help="JSON path (default ./NAME.json)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from pdserve.cluster.cost_model import StepCostModel, StepShape, shape_of
+    from pdserve.engine.llm import LLM
+    from pdserve.types import Request, SamplingParams
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype,
+              max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
+    core, engine = llm.core, llm.engine
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    rng = random.Random(0)
+    vocab = engine.model_config.vocab_size
+    samples: list[tuple[StepShape, float]] = []
+    ids = iter(range(10**9))
+
+    def submit(prompt_len: int, max_tokens: int) -> str:
+        rid = f"p{next(ids)}"
+        prompt = tuple(rng.randrange(10, vocab) for _ in range(prompt_len))  # no prefix hits
+        core.add_request(Request(rid, prompt, SamplingParams(max_tokens, ignore_eos=True)))
+        return rid
+
+    def timed_step() -> None:
+        sync()
+        t = time.perf_counter()
+        core.step()
+        sync()
+        samples.append((shape_of(core.last_plan), time.perf_counter() - t))
+
+    submit(32, 2)  # warm-up, untimed
+    while core.has_unfinished:
+        core.step()
+    for _ in range(args.repeats):
+        for prompt_len in args.prefill_lens:
+            rid = submit(prompt_len, 1)
+            while core.has_unfinished:
+                timed_step()
+            del rid
+        for ctx in args.context_lens:
+            for batch in args.batch_sizes:
+                rids = [submit(ctx, args.decode_steps + 1) for _ in range(batch)]
+                while core.has_unfinished:
+                    timed_step()
+                del rids
+    shapes, times = [s for s, _ in samples], [t for _, t in samples]
+    cost = StepCostModel.fit(shapes, times)
+    device = engine.device.type if engine.device.type == "cpu" else torch.cuda.get_device_name()
+    model = engine.model_config.name or args.model or "embedded"
+    name = args.name or f"{engine.device.type}-{model.replace('dummy:', '')}"
+    elem = torch.finfo(engine.dtype).bits // 8
+    profile = {
+        "name": name, "kind": "measured", "device": device, "model": model,
+        "note": f"pdserve profile, {time.strftime('%Y-%m-%d')}, dtype {engine.dtype}, "
+                f"{torch.get_num_threads()} threads, {len(samples)} steps",
+        "block_size": core.scheduler.block_size, "num_blocks": core.scheduler.kv.num_blocks,
+        "kv_bytes_per_token": engine.model_config.kv_bytes_per_token * elem // 2,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": core.scheduler.config.max_num_seqs,
+        "cost": cost.to_dict(),
+        "samples": [{"shape": list(s.features()[1:]), "time_s": t} for s, t in samples],
+    }  # fmt: skip
+    path = Path(args.out or f"{name}.json")
+    path.write_text(json.dumps(profile, indent=1) + "\n")
+    errors = [abs(cost.step_time(s) - t) / t for s, t in samples]
+    print(
+        f"{len(samples)} steps; fit {cost}; mean relative error "
+        f"{100 * sum(errors) / len(errors):.1f} %; wrote {path}"
+    )
+    return 0
