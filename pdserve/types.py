@@ -93,6 +93,9 @@ class Request:
     priority: int = 0  # lower runs first under the "priority" policy
     eos_token_ids: tuple[int, ...] = ()
     kv_role: KVRole | None = None
+    # Chained hashes of the prompt's full blocks (pdserve.hashing) at the instance's block size,
+    # when the sender (a router) already computed them; empty: the instance hashes the prompt.
+    block_hashes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,31 +20,39 @@ class BlockPool:
     order: allocation takes from its head, `free` appends at its tail.
 
     `on_evict(block)` is called when a cached block is taken for new data, before its hash is lost.
+
+    Blocks never used yet stand implicitly at the head of the queue and get their `Block` on
+    first allocation, so a pool of 40k blocks costs nothing until it is used (the simulator runs
+    thousands of instances).
     """
 
     def __init__(self, num_blocks: int, on_evict: Callable[[Block], None] | None = None):
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        self.blocks = [Block(i) for i in range(num_blocks)]
+        self._num_blocks = num_blocks
+        self.blocks: list[Block] = []  # blocks used at least once; block_id == index
         # Ordered dict as an O(1) removable queue: a prefix hit revives a block from its middle.
-        self._free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self._free_queue: OrderedDict[int, None] = OrderedDict()
         self.on_evict = on_evict
 
     @property
     def num_blocks(self) -> int:
-        return len(self.blocks)
+        return self._num_blocks
 
     @property
     def num_free_blocks(self) -> int:
-        """Blocks an allocation can take now: free plus cached-but-unused."""
-        return len(self._free_queue)
+        """Blocks an allocation can take now: never used, free, or cached-but-unused."""
+        return self._num_blocks - len(self.blocks) + len(self._free_queue)
 
     def allocate(self, num_blocks: int) -> list[Block]:
         """Take `num_blocks` blocks from the head of the queue, each with ref count 1."""
-        if num_blocks > len(self._free_queue):
-            raise RuntimeError(f"asked for {num_blocks} blocks, {len(self._free_queue)} free")
-        taken = []
-        for _ in range(num_blocks):
+        num_free = self.num_free_blocks
+        if num_blocks > num_free:
+            raise RuntimeError(f"asked for {num_blocks} blocks, {num_free} free")
+        num_fresh = min(num_blocks, self._num_blocks - len(self.blocks))
+        taken = [Block(len(self.blocks) + i, ref_cnt=1) for i in range(num_fresh)]
+        self.blocks.extend(taken)
+        for _ in range(num_blocks - num_fresh):
             block_id, _ = self._free_queue.popitem(last=False)
             block = self.blocks[block_id]
             if block.block_hash is not None:
@@ -86,3 +94,4 @@ class BlockPool:
             )
             num_unused += block.ref_cnt == 0
         assert num_unused == len(self._free_queue), "free queue holds duplicates or unknown ids"
+        assert len(self.blocks) <= self._num_blocks

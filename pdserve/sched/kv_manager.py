@@ -48,11 +48,14 @@ class KVManager:
     ) -> bool:
         """Make room for `num_new_tokens` more tokens after `req.num_computed_tokens` (plus the
         prefix hit `hit_blocks`, taken by a request that holds no blocks yet)."""
-        held = self._blocks.get(req.request_id, [])
+        held = self._blocks.get(req.request_id)
         num_computed = req.num_computed_tokens + len(hit_blocks) * self.block_size
+        num_held = len(held) if held is not None else 0
         num_needed = (
-            cdiv(num_computed + num_new_tokens, self.block_size) - len(held) - len(hit_blocks)
+            cdiv(num_computed + num_new_tokens, self.block_size) - num_held - len(hit_blocks)
         )
+        if num_needed <= 0 and not hit_blocks:
+            return True  # the common decode step: the last block still has room
         # Hit blocks nobody uses sit in the free queue: reviving them takes from the same supply.
         num_revived = sum(1 for b in hit_blocks if b.ref_cnt == 0)
         if num_needed > self.pool.num_free_blocks - num_revived:
@@ -60,7 +63,7 @@ class KVManager:
         if hit_blocks:
             self.pool.touch(hit_blocks)
         new_blocks = self.pool.allocate(max(num_needed, 0))
-        blocks = self._blocks.setdefault(req.request_id, held)
+        blocks = self._blocks.setdefault(req.request_id, [])
         blocks.extend(hit_blocks)
         blocks.extend(new_blocks)
         req.block_ids.extend(b.block_id for b in (*hit_blocks, *new_blocks))

@@ -59,7 +59,10 @@ class SchedRequest:
             seq_no=seq_no,
             kv_role=req.kv_role,
         )
-        state.extend_block_hashes(block_size)
+        if len(req.block_hashes) == state.prompt_len // block_size:
+            state.block_hashes.extend(req.block_hashes)
+        else:
+            state.extend_block_hashes(block_size)
         return state
 
     @property

@@ -64,6 +64,7 @@ class Scheduler:
         self._reservations: list[KVReservation] = []
         self.stats = SchedulerStats()
         self._finished_ids: list[str] = []
+        self._num_waiting_tokens = 0  # sum of num_tokens over waiting (none has computed any)
         self._step_id = 0
         self._seq_no = 0
 
@@ -96,7 +97,7 @@ class Scheduler:
         state = SchedRequest.from_request(req, self.block_size, self._seq_no)
         self._seq_no += 1
         self.requests[req.request_id] = state
-        self.waiting.push(state)
+        self._push_waiting(state)
 
     def finish(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
         """End a request from outside (abort, stop string). Its blocks are freed at once."""
@@ -130,7 +131,7 @@ class Scheduler:
             req.kv_role = None
             req.num_computed_tokens = 0
             req.status = RequestStatus.WAITING
-            self.waiting.push_front(req)
+            self._push_waiting(req, front=True)
             return []
         req.num_computed_tokens = req.num_tokens
         self.kv.publish_full_blocks(req, req.num_computed_tokens)
@@ -194,7 +195,7 @@ class Scheduler:
             if req.kv_role is KVRole.RECEIVE:
                 if not self.kv.allocate_slots(req, num_uncached, hit_blocks):
                     break
-                self.waiting.pop()
+                self._pop_waiting()
                 self._reserve(req, num_hit)
                 continue
             if not self.config.enable_chunked_prefill and num_uncached > budget:
@@ -202,7 +203,7 @@ class Scheduler:
             num_new = self._chunk(num_uncached, budget)
             if not self.kv.allocate_slots(req, num_new, hit_blocks):
                 break
-            self.waiting.pop()
+            self._pop_waiting()
             self._admit(req, num_hit)
             scheduled[req.request_id] = ScheduledSeq(req, num_hit, num_new)
             budget -= num_new
@@ -255,7 +256,7 @@ class Scheduler:
             instance_id=instance_id,
             num_waiting=len(self.waiting),
             num_running=len(self.running),
-            num_waiting_tokens=sum(r.num_tokens - r.num_computed_tokens for r in self.waiting),
+            num_waiting_tokens=self._num_waiting_tokens,
             num_running_tokens=sum(r.num_tokens - r.num_computed_tokens for r in self.running),
             num_free_blocks=self.kv.num_free_blocks,
             num_cached_blocks=len(self.kv.prefix_cache),
@@ -277,6 +278,7 @@ class Scheduler:
         assert not set(self.sending) & set(self.requests), "a sending request is still live"
         for req in self.waiting:
             assert self.kv.num_blocks_held(req.request_id) == 0, f"{req.request_id} waits holding"
+        assert self._num_waiting_tokens == sum(r.num_tokens for r in self.waiting)
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -295,6 +297,15 @@ class Scheduler:
         self.stats.prefix_hits += num_hit
         req.status = RequestStatus.RUNNING
         self.running.append(req)
+
+    def _push_waiting(self, req: SchedRequest, front: bool = False) -> None:
+        (self.waiting.push_front if front else self.waiting.push)(req)
+        self._num_waiting_tokens += req.num_tokens
+
+    def _pop_waiting(self) -> SchedRequest:
+        req = self.waiting.pop()
+        self._num_waiting_tokens -= req.num_tokens
+        return req
 
     def _reserve(self, req: SchedRequest, num_hit: int) -> None:
         req.num_computed_tokens = num_hit
@@ -325,7 +336,7 @@ class Scheduler:
         if len(req.prompt_logprobs) < req.prompt_len:
             req.prompt_logprobs.clear()  # recomputed from the start
         self.stats.num_preemptions += 1
-        self.waiting.push_front(req)
+        self._push_waiting(req, front=True)
 
     def _stop_reason(self, req: SchedRequest, token_id: int) -> FinishReason | None:
         sampling = req.sampling
@@ -359,6 +370,7 @@ class Scheduler:
             del self.receiving[req.request_id]
         else:
             self.waiting.remove(req)
+            self._num_waiting_tokens -= req.num_tokens
         keep_for_sending = req.kv_role is KVRole.SEND and reason in (
             FinishReason.STOP,
             FinishReason.LENGTH,

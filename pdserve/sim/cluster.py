@@ -157,13 +157,12 @@ class SimCluster:
         if not candidates:
             self._fail(state, now, "no live instance")
             return
-        matched = {}
-        if self.policy.needs_prefix:
-            matched = self.index.longest_prefix(
-                hash_blocks(bench.prompt_token_ids, self.block_size)
-            )
+        # Hashed once here: the index lookup and the instance's scheduler share the hashes.
+        hashes = tuple(hash_blocks(bench.prompt_token_ids, self.block_size))
+        matched = self.index.longest_prefix(hashes) if self.policy.needs_prefix else {}
         max_tokens = 1 if self.is_pd else bench.output_len
-        req = Request(bench.request_id, bench.prompt_token_ids, self._sampling_for(max_tokens), now)
+        req = Request(bench.request_id, bench.prompt_token_ids, self._sampling_for(max_tokens),
+                      now, block_hashes=hashes)  # fmt: skip
         decision = self.policy.route(req, [i.view for i in candidates], now, matched)
         if not admit(decision, self.config.slo_ttft_s):
             self._fail(state, now, "429: the TTFT SLO cannot be met")

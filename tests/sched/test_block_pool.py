@@ -70,3 +70,21 @@ def test_duplicate_content_stays_unpublished():
     cache.insert(b, 5, 0)
     assert a.block_hash == 5 and b.block_hash is None
     cache.check_integrity()
+
+
+def test_a_huge_pool_costs_nothing_until_used():
+    pool = BlockPool(10_000_000)
+    assert pool.num_free_blocks == 10_000_000 and pool.blocks == []
+    assert [b.block_id for b in pool.allocate(3)] == [0, 1, 2]
+    assert pool.num_free_blocks == 10_000_000 - 3
+    pool.check_integrity()
+
+
+def test_fresh_blocks_are_used_before_cached_ones():
+    pool = BlockPool(4)
+    cache = PrefixCache(pool, block_size=2)
+    (a,) = pool.allocate(1)
+    cache.insert(a, 9, 0)
+    pool.free([a])
+    assert [b.block_id for b in pool.allocate(3)] == [1, 2, 3]  # the cached block survives
+    assert cache.match([9]) == [a]

@@ -190,3 +190,16 @@ def test_snapshot_counts_queue_and_blocks():
     assert (snap.num_running, snap.num_waiting, snap.num_waiting_tokens) == (1, 1, 6)
     assert snap.num_running_tokens == 1
     assert snap.num_free_blocks == 64 - 3
+
+
+def test_precomputed_block_hashes_are_taken_as_given():
+    from pdserve.hashing import hash_blocks
+
+    prompt = list(range(50, 50 + 3 * BLOCK + 1))
+    hashes = tuple(hash_blocks(prompt, BLOCK))
+    sched, _ = make()
+    sched.add_request(
+        Request("a", tuple(prompt), SamplingParams(max_tokens=1), block_hashes=hashes)
+    )
+    sched.add_request(req("b", prompt, max_tokens=1))
+    assert sched.requests["a"].block_hashes == sched.requests["b"].block_hashes == list(hashes)
