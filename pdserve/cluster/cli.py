@@ -2,6 +2,7 @@
 OpenAI API as `pdserve serve` (the server app with the controller as its EngineClient).
 
     pdserve up dummy:tiny-llama --instances 3 --routing ttft --slo-ttft-ms 500
+    pdserve up dummy:tiny-llama --prefill 1 --decode 1 --pd-min-prefill-tokens 256
     pdserve up --attach 2 --control-address tcp://0.0.0.0:5555 --control-token T
         # then, on any host:  python -m pdserve.engine.worker --driver tcp://HOST:5555 ...
 
@@ -60,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-routes of a request whose instance died before its first token",
     )
     parser.add_argument("--heartbeat-timeout-s", type=float, default=1.0)
+    parser.add_argument("--prefill", type=int, default=0, metavar="P", help="PD: prefill workers")
+    parser.add_argument("--decode", type=int, default=0, metavar="D", help="PD: decode workers")
+    parser.add_argument(
+        "--pd-min-prefill-tokens",
+        type=int,
+        default=256,
+        help="PD: shorter uncached prompts run fused on the decode instance",
+    )
+    parser.add_argument("--kv-transport", default="nixl", choices=("nixl", "inproc", "cuda_ipc"))
     parser.add_argument(
         "--restart-workers", action="store_true", help="start a local worker again when it exits"
     )
@@ -80,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def controller_config(args: argparse.Namespace):
     from pdserve.cluster.controller import ControllerConfig
+    from pdserve.cluster.pd_router import PDConfig
     from pdserve.cluster.policies import PolicyConfig
 
     slo = None if args.slo_ttft_ms is None else args.slo_ttft_ms / 1000
@@ -92,7 +103,20 @@ def controller_config(args: argparse.Namespace):
         args.max_retries,
         slo,
         control_token=args.control_token,
+        pd=PDConfig(min_prefill_tokens=args.pd_min_prefill_tokens),
     )
+
+
+def fleet_roles(args: argparse.Namespace) -> list[tuple[str, int, list[str]]]:
+    """(id prefix, number, extra worker flags) per group of local workers."""
+    if not (args.prefill or args.decode):
+        return [("worker", args.instances, [])]
+    transport = ["--kv-transport", args.kv_transport]
+    return [
+        (role, num, ["--role", role, *transport])
+        for role, num in (("prefill", args.prefill), ("decode", args.decode))
+        if num
+    ]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -124,16 +148,18 @@ def main(args: argparse.Namespace) -> int:
     state = ServerState(None, None, config)
     controller = Controller(controller_config(args), ControllerMetrics(state.metrics.registry))
     state.engine = controller
-    num = args.attach or args.instances
-    fleet = None
+    roles = fleet_roles(args)
+    num = args.attach or sum(n for _, n, _ in roles)
+    fleets = []
     if not args.attach:
         argv = worker_argv(args) if not args.fake_workers else _fake_argv(args)
         env = {"PDSERVE_CONTROL_TOKEN": args.control_token} if args.control_token else {}
         module = FAKE_WORKER_MODULE if args.fake_workers else WORKER_MODULE
-        fleet_config = LocalFleetConfig(
-            num, tuple(argv), module, restart=args.restart_workers, env=env
-        )
-        fleet = LocalFleet(fleet_config, controller.address, on_exit=controller.mark_dead)
+        for prefix, n, extra in roles:
+            fleet_config = LocalFleetConfig(
+                n, (*argv, *extra), module, id_prefix=prefix, restart=args.restart_workers, env=env
+            )
+            fleets.append(LocalFleet(fleet_config, controller.address, controller.mark_dead))
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -161,15 +187,15 @@ def main(args: argparse.Namespace) -> int:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         controller.start()
-        if fleet is not None:
+        for fleet in fleets:
             fleet.start()
         starting = asyncio.create_task(start())
         try:
             yield
         finally:
             starting.cancel()
-            await controller.close(shutdown_workers=fleet is not None)
-            if fleet is not None:
+            await controller.close(shutdown_workers=bool(fleets))
+            for fleet in fleets:
                 await fleet.close()
 
     app = build_app(state, lifespan, enable_debug=args.enable_debug_endpoints)
@@ -187,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if fleet is not None:
+        for fleet in fleets:
             fleet.kill_all()  # last resort: never leave workers behind
     return 1 if failure else 0
 

@@ -28,6 +28,7 @@ import zmq.asyncio
 from pdserve.cluster import kv_sync
 from pdserve.cluster.block_hasher import BlockHasher
 from pdserve.cluster.fleet_status import aggregate_status, fleet_info
+from pdserve.cluster.pd_router import PDConfig, PDRouter
 from pdserve.cluster.pending import PendingPrefixes
 from pdserve.cluster.policies import PolicyConfig, admit, make_policy
 from pdserve.cluster.prefix_index import PrefixIndex
@@ -56,6 +57,7 @@ class ControllerConfig:
     slo_margin: float = 0.2
     retry_after_s: int = 1
     control_token: str | None = None  # REGISTER must carry it when set
+    pd: PDConfig = PDConfig()
 
 
 @dataclass(slots=True)
@@ -78,6 +80,7 @@ class Controller:
         self.config = config
         self.metrics = metrics or ControllerMetrics()
         self.policy = make_policy(config.routing, config.policy)
+        self.pd = PDRouter(self, config.pd)
         self.registry = Registry(config.heartbeat_timeout_s, config.control_token)
         self.index = PrefixIndex()
         self.incarnation = uuid.uuid4().hex[:12]
@@ -140,6 +143,10 @@ class Controller:
     # ---- requests --------------------------------------------------------------------------
 
     async def generate(self, req: Request) -> AsyncIterator[TokenEvent]:
+        if self.pd.is_active:  # a fleet with decode instances: cluster/pd_router.py
+            async for event in self.pd.generate(req):
+                yield event
+            return
         rid, excluded, num_retries = req.request_id, [], 0
         flight: _Flight | None = None
         is_done = False
@@ -189,7 +196,8 @@ class Controller:
 
     def _dispatch(self, req: Request, excluded: list[str]) -> _Flight:
         """Route `req` and submit it; Overloaded or EngineDeadError if it cannot go anywhere."""
-        records = [r for r in self.registry.live() if r.instance_id not in excluded]
+        live = self.registry.live()
+        records = [r for r in live if r.instance_id not in excluded and r.info.role == "fused"]
         if not records:
             tried = f" (failed on {', '.join(excluded)})" if excluded else ""
             raise EngineDeadError(f"no live instance to run the request{tried}")
@@ -217,7 +225,11 @@ class Controller:
                 f"{decision.est_ttft_s * 1000:.0f} ms); retry later",
                 self.config.retry_after_s,
             )
-        flight = _Flight(asyncio.Queue(), record.instance_id, now, hashes)
+        return self._submit(record, req, hashes, num_matched)
+
+    def _submit(self, record, req: Request, hashes: list[int], num_matched: int) -> _Flight:
+        """Send `req` to `record` and track it as a flight (its events arrive on the queue)."""
+        flight = _Flight(asyncio.Queue(), record.instance_id, time.monotonic(), hashes)
         self._flights[req.request_id] = flight
         record.request_ids[req.request_id] = None
         record.num_routed += 1
@@ -323,6 +335,8 @@ class Controller:
             flight = self._flights.get(body[0])
             if flight is not None:
                 flight.queue.put_nowait(RequestRejected(body[1]))
+        elif msg_type in (P.KV_RESERVED, P.KV_SENT):
+            self.pd.on_message(msg_type, body)
 
     def _register(self, peer: bytes, body: tuple, now: float) -> None:
         info = P.decode_info(body[0])

@@ -10,14 +10,30 @@ Every frame is msgpack of `[type, body]`; dataclasses travel as lists of their f
     ABORT    [request_id...], reason          REGISTER   WorkerInfo, control token (ready)
     CALL     call_id, op, args -> REPLY       FAILED     error text (could not start)
     SHUTDOWN                                  TOKENS     [TokenEvent...] of one step
-                                              REJECT     request_id, error (can never run)
-                                              KV         first_seq, [BlockStored|BlockRemoved...]
-                                              HEARTBEAT  WorkerStatus, every heartbeat_s
+    KV_SEND  KVSendOrder (prefill side)       REJECT     request_id, error (can never run)
+    KV_RECEIVED request_id, first token|None  KV         first_seq, [BlockStored|BlockRemoved...]
+             (decode side)                    HEARTBEAT  WorkerStatus, every heartbeat_s
                                               REPLY      call_id, ok, value | error text
+                                              KV_RESERVED [KVReservation...] (decode side)
+                                              KV_SENT    [KVSendResult...] (prefill side)
 
 CALL ops: "status" -> WorkerStatus, "check_integrity" -> None (error text if broken),
 "kv_replay" {from_seq} -> KV events from `from_seq` on, or the full cached-hash list if the log
-no longer reaches back that far.
+no longer reaches back that far. PD hand-off (engine/pd.py): "kv_status" -> dict of held
+and in-flight request ids and transport counters; "kv_fault" {kind, request_id, delay_s,
+keep_fraction, count} -> None (tests: inject a kvxfer fault into the next matching sends).
+
+PD hand-off of one request (see engine/pd.py for the worker half, cluster/pd_router.py for the
+driver half):
+
+    driver              decode worker                      prefill worker
+    SUBMIT(RECEIVE) ->  reserves blocks
+                    <-  KV_RESERVED(rid, cached, blocks)
+    KV_SEND, SUBMIT(SEND, max_tokens=1) ---------------->  prefill; first token in TOKENS;
+                                                           blocks held (lease); push KV
+                                                           into the reserved blocks (kvxfer)
+                    <------------------------------------  KV_SENT(rid, ok, ...); blocks freed
+    KV_RECEIVED(rid, first token if ok else None) ->  decode continues (None: recompute)
 """
 
 from __future__ import annotations
@@ -33,6 +49,8 @@ from pdserve.types import (
     FinishReason,
     InstanceSnapshot,
     KVCacheEvent,
+    KVReservation,
+    KVRole,
     Logprob,
     Request,
     SamplingParams,
@@ -41,10 +59,12 @@ from pdserve.types import (
 
 # driver -> worker
 SUBMIT, ABORT, CALL, SHUTDOWN = "submit", "abort", "call", "shutdown"
+KV_SEND, KV_RECEIVED = "kv_send", "kv_received"
 # worker -> driver
 PROGRESS, REGISTER, FAILED, TOKENS, REJECT, KV, HEARTBEAT, REPLY = (
     "progress", "register", "failed", "tokens", "reject", "kv", "heartbeat", "reply"
 )  # fmt: skip
+KV_RESERVED, KV_SENT = "kv_reserved", "kv_sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +80,35 @@ class WorkerInfo:
     num_total_blocks: int
     eos_token_ids: tuple[int, ...]
     vocab_size: int
-    role: str = "fused"
+    role: str = "fused"  # "fused" | "prefill" | "decode"
+    kv_meta: bytes = b""  # kvxfer metadata of its registered KV cache; empty: no transport
+
+
+@dataclass(frozen=True, slots=True)
+class KVSendOrder:
+    """Push a SEND request's prompt KV into a decode instance's reserved blocks once its prefill
+    is done: blocks from `num_cached_tokens // block_size` on (the receiver's cached head is
+    not sent) go into `dst_block_ids`, in order. `peer_meta` is the receiver's
+    WorkerInfo.kv_meta (the sender adds the peer once and remembers it)."""
+
+    request_id: str
+    peer_meta: bytes
+    num_cached_tokens: int
+    dst_block_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KVSendResult:
+    """How one hand-off ended on the sender. Its blocks are released either way. `first_token_id`
+    is what the prefill sampled (None when it never finished, e.g. aborted)."""
+
+    request_id: str
+    is_ok: bool
+    num_blocks: int
+    num_bytes: int
+    duration_s: float  # from posting the transfer to DONE/FAILED
+    first_token_id: int | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +164,37 @@ def decode_info(data) -> WorkerInfo:
 
 def encode_request(req: Request) -> list:
     return [req.request_id, req.prompt_token_ids, _flat(req.sampling), req.arrival_s,
-            req.priority, req.eos_token_ids]  # fmt: skip
+            req.priority, req.eos_token_ids, req.kv_role and req.kv_role.value]  # fmt: skip
 
 
 def decode_request(data) -> Request:
-    rid, prompt, sampling, arrival_s, priority, eos = data
-    return Request(rid, prompt, SamplingParams(*sampling), arrival_s, priority, eos)
+    rid, prompt, sampling, arrival_s, priority, eos, *rest = data
+    role = KVRole(rest[0]) if rest and rest[0] else None
+    return Request(rid, prompt, SamplingParams(*sampling), arrival_s, priority, eos, role)
+
+
+def encode_kv_order(order: KVSendOrder) -> list:
+    return _flat(order)
+
+
+def decode_kv_order(data) -> KVSendOrder:
+    return KVSendOrder(*data)
+
+
+def encode_kv_result(result: KVSendResult) -> list:
+    return _flat(result)
+
+
+def decode_kv_result(data) -> KVSendResult:
+    return KVSendResult(*data)
+
+
+def encode_reservation(res: KVReservation) -> list:
+    return _flat(res)
+
+
+def decode_reservation(data) -> KVReservation:
+    return KVReservation(*data)
 
 
 def _encode_logprob(lp: Logprob | None):

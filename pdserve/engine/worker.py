@@ -26,11 +26,15 @@ from pdserve.metrics import QUEUE_TIME_BUCKETS_S
 from pdserve.types import FinishReason
 
 KV_LOG_LEN = 65536  # KV events kept for replay to a driver that missed some
+LEASE_TICK_S = 0.1  # how often an idle worker holding KV under a lease checks it
 
 
 class Worker:
-    def __init__(self, sock: zmq.Socket, engine, info: P.WorkerInfo, heartbeat_s: float):
+    def __init__(
+        self, sock: zmq.Socket, engine, info: P.WorkerInfo, heartbeat_s: float, handoff=None
+    ):
         self.sock = sock
+        self.handoff = handoff  # engine.pd.KVHandoff of a prefill/decode worker, else None
         self.core = engine.core
         self.info = info
         self.heartbeat_s = heartbeat_s
@@ -61,8 +65,17 @@ class Worker:
         elif msg_type == P.ABORT:
             request_ids, reason = body
             for rid in request_ids:
-                self.core.abort(rid, FinishReason(reason))
+                if self.handoff is not None:
+                    self.handoff.abort(rid, FinishReason(reason))
+                else:
+                    self.core.abort(rid, FinishReason(reason))
                 self.arrivals.pop(rid, None)
+        elif msg_type == P.KV_SEND:
+            self.handoff.order(P.decode_kv_order(body[0]))
+        elif msg_type == P.KV_RECEIVED:
+            events = self.handoff.received(body[0], body[1])
+            if events:
+                self.send(P.TOKENS, [P.encode_event(ev) for ev in events])
         elif msg_type == P.CALL:
             call_id, op, args = body
             try:
@@ -85,13 +98,17 @@ class Worker:
                 return {"first_seq": from_seq, "events": events}
             hashes = self.core.scheduler.kv.prefix_cache.cached_hashes()
             return {"next_seq": self.kv_seq, "cached_hashes": hashes}
+        if op == "kv_status" and self.handoff is not None:
+            return self.handoff.status()
+        if op == "kv_fault" and self.handoff is not None:
+            return self.handoff.inject_fault(args)
         raise ValueError(f"unknown call {op!r}")
 
     # ---- state out -------------------------------------------------------------------------
 
     def status(self) -> P.WorkerStatus:
         snap = self.core.snapshot()
-        snap = replace(snap, incarnation=self.info.incarnation)
+        snap = replace(snap, incarnation=self.info.incarnation, role=self.info.role)
         s = self.core.scheduler.stats
         stats = P.EngineStats(
             s.prefix_queries, s.prefix_hits, s.num_preemptions, s.prompt_tokens,
@@ -114,7 +131,23 @@ class Worker:
                 self.arrivals.pop(ev.request_id, None)
         if events:
             self.send(P.TOKENS, [P.encode_event(ev) for ev in events])
+        if self.handoff is not None:
+            self.handoff.after_step(events)
         self.publish_kv_events()
+
+    def publish_handoff(self) -> None:
+        reservations = self.handoff.drain_reservations()
+        if reservations:
+            self.send(P.KV_RESERVED, [P.encode_reservation(r) for r in reservations])
+        results = self.handoff.poll()
+        if results:
+            self.send(P.KV_SENT, [P.encode_kv_result(r) for r in results])
+
+    @property
+    def has_work(self) -> bool:
+        """Something to compute: requests waiting for remote KV alone do not spin the loop."""
+        sched = self.core.scheduler
+        return len(sched.requests) > len(sched.receiving)
 
     def publish_kv_events(self) -> None:
         kv_events = self.core.scheduler.drain_kv_events()
@@ -142,15 +175,22 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         idle_poll_ms = int(min(self.heartbeat_s, 0.1) * 1000)
+        next_lease_tick = 0.0
         while not self.is_stopping:
-            busy = self.core.has_unfinished
-            if poller.poll(0 if busy else idle_poll_ms):
+            busy = self.has_work
+            waiting_ms = 1 if self.handoff is not None and self.handoff.is_busy else idle_poll_ms
+            if poller.poll(0 if busy else waiting_ms):
                 while self.sock.poll(0):
                     self.handle(self.sock.recv())
-            if self.core.has_unfinished and not self.is_stopping:
+            if self.has_work and not self.is_stopping:
                 self.step()
+            elif self.core.scheduler.sending and time.monotonic() >= next_lease_tick:
+                next_lease_tick = time.monotonic() + LEASE_TICK_S
+                self.step()  # an empty step: the scheduler expires held KV whose lease ran out
             else:
                 self.publish_kv_events()  # aborts free blocks, which may evict nothing; cheap
+            if self.handoff is not None:
+                self.publish_handoff()
             self.maybe_heartbeat()
             if parent_pid is not None and os.getppid() != parent_pid:
                 print("pdserve worker: parent process gone, exiting", file=sys.stderr)
@@ -165,6 +205,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--heartbeat-s", type=float, default=0.25)
+    parser.add_argument("--role", default="fused", choices=("fused", "prefill", "decode"))
+    parser.add_argument(
+        "--kv-transport",
+        default=None,
+        choices=("inproc", "nixl", "cuda_ipc"),
+        help="KV hand-off transport (default: nixl for prefill/decode roles, none for fused)",
+    )
+    parser.add_argument(
+        "--kv-lease-s", type=float, default=None, help="hold sent KV at most this long"
+    )
     parser.add_argument(
         "--control-token",
         default=None,
@@ -191,14 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         sock.close()
         return 1
     cfg = engine.config
+    handoff = _handoff(args, engine, incarnation)
     info = P.WorkerInfo(
         args.instance_id, incarnation, os.getpid(), engine.model_config.name or cfg.model,
         cfg.scheduler.max_model_len,
         cfg.cache.block_size, engine.core.scheduler.kv.num_blocks,
         tuple(engine.model_config.eos_token_ids), engine.model_config.vocab_size,
+        args.role, handoff.kv_meta if handoff is not None else b"",
     )  # fmt: skip
     engine.core.instance_id = args.instance_id
-    worker = Worker(sock, engine, info, args.heartbeat_s)
+    worker = Worker(sock, engine, info, args.heartbeat_s, handoff)
     from pdserve.config import env_str
 
     worker.send(
@@ -207,8 +259,24 @@ def main(argv: list[str] | None = None) -> int:
         args.control_token or env_str("PDSERVE_CONTROL_TOKEN") or None,
     )
     worker.run(args.parent_pid)
+    if handoff is not None:
+        handoff.close()
     sock.close()
     return 0
+
+
+def _handoff(args, engine, incarnation: str):
+    """The KV hand-off of a prefill/decode worker (or any worker given --kv-transport)."""
+    kind = args.kv_transport or ("nixl" if args.role != "fused" else None)
+    if kind is None:
+        return None
+    from pdserve.engine.pd import make_handoff
+
+    sched = engine.core.scheduler
+    if args.kv_lease_s is not None:
+        sched.config = replace(sched.config, kv_lease_s=args.kv_lease_s)
+    name = f"{args.instance_id}-{incarnation}"
+    return make_handoff(sched, engine.core.executor.kv_cache, kind, name)
 
 
 def _build(args, progress):
