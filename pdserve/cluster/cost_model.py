@@ -73,7 +73,8 @@ class StepCostModel:
     def tokens_time(self, num_tokens: int, context_len: int = 512) -> float:
         """A step of `num_tokens` fresh prefill tokens (one chunk after `context_len` cached)."""
         pairs = num_tokens * context_len + num_tokens * (num_tokens + 1) // 2
-        return self.step_time(StepShape(num_tokens, pairs))
+        # step_time(StepShape(num_tokens, pairs)) without building the shape (routing's hot path)
+        return self.base_s + self.per_prefill_token_s * num_tokens + self.per_prefill_pair_s * pairs
 
     @property
     def coefficients(self) -> tuple[float, ...]:
@@ -153,28 +154,37 @@ def _lstsq(a: list[list[float]], y: Sequence[float]) -> list[float]:
 class OnlineStepModel:
     """Per-instance step time `a + b * num_tokens`, refitted from the last `window` measured
     (tokens, seconds) pairs of an instance's snapshots; the prior holds until the samples span
-    at least two token counts."""
+    at least two token counts.
+
+    The fit answers up to the largest step measured; beyond it the prior's cost of the extra
+    tokens is added. A fleet that mostly decodes measures steps of a few tokens, whose slope
+    (a few noisy samples over a narrow range) says little about a 300-token prefill: a slope
+    fitted that way and extended far past its data made such instances look cheap."""
 
     def __init__(self, prior: StepCostModel, window: int = 64):
         self.prior = prior
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-        self._fit: tuple[float, float] | None = None
+        # (a, b, largest tokens measured, the fit there - the prior there); None: the prior holds
+        self._fit: tuple[float, float, int, float] | None = None
+        self._stale = False  # samples arrived since `_fit` was computed
 
     def observe(self, num_tokens: int, step_time_s: float) -> None:
         if num_tokens <= 0 or not step_time_s > 0:
             return
         self._samples.append((num_tokens, step_time_s))
-        self._fit = None
+        self._stale = True
 
     def step_time(self, num_tokens: int) -> float:
-        if self._fit is None:
-            self._fit = self._refit()
+        if self._stale:
+            self._fit, self._stale = self._refit(), False
         if self._fit is None:
             return self.prior.tokens_time(num_tokens)
-        a, b = self._fit
-        return a + b * num_tokens
+        a, b, max_tokens, offset = self._fit
+        if num_tokens <= max_tokens:
+            return a + b * num_tokens
+        return offset + self.prior.tokens_time(num_tokens)
 
-    def _refit(self) -> tuple[float, float] | None:
+    def _refit(self) -> tuple[float, float, int, float] | None:
         n = len(self._samples)
         if n < 2:
             return None
@@ -184,7 +194,9 @@ class OnlineStepModel:
         if sxx == 0:
             return None
         b = max(sum((x - mx) * (y - my) for x, y in self._samples) / sxx, 0.0)
-        return max(my - b * mx, 0.0), b
+        a = max(my - b * mx, 0.0)
+        max_tokens = max(x for x, _ in self._samples)
+        return a, b, max_tokens, a + b * max_tokens - self.prior.tokens_time(max_tokens)
 
 
 def estimate_ttft_s(snap, num_uncached_tokens: int, step_time, max_batched_tokens: int) -> float:

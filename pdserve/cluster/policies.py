@@ -120,38 +120,108 @@ class PowerOfTwo:
                              reason="power of two")  # fmt: skip
 
 
+class PrefixOwners:
+    """Long-run demand for placing prefixes no instance holds yet.
+
+    On a lightly loaded fleet every queue is empty when a new prefix first arrives, so load
+    alone ties and the first instance in order collects prefix after prefix; each prefix then
+    brings its whole stream of requests along. This remembers which instance each recently used
+    prefix (keyed by the prompt's first block of tokens) was placed on; a new prefix goes to the
+    instance owning the fewest, among those the caller found about as good right now.
+
+    Fed only from the policy's inputs (the request, the decision); bounded: the least recently
+    used prefix is forgotten beyond `capacity`. Only dicts (insertion-ordered): deterministic.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity = capacity
+        self._owner: dict[tuple[int, ...], str] = {}  # prefix key -> instance, least recent first
+        self._count: dict[str, int] = {}  # instance_id -> prefixes it owns
+
+    def key(self, req: Request, block_size: int) -> tuple[int, ...] | None:
+        """The prefix's key: its first full block (None if the prompt has no cacheable block)."""
+        tokens = req.prompt_token_ids
+        return tuple(tokens[:block_size]) if len(tokens) > block_size else None
+
+    def owned(self, instance_id: str) -> int:
+        return self._count.get(instance_id, 0)
+
+    def owner(self, key: tuple[int, ...] | None) -> str | None:
+        return self._owner.get(key) if key is not None else None
+
+    def forget(self, key: tuple[int, ...] | None) -> None:
+        """Forget the owner of `key`: it is about to be placed again (no instance holds it)."""
+        owner = self._owner.pop(key, None) if key is not None else None
+        if owner is not None:
+            self._count[owner] -= 1
+
+    def routed(
+        self, key: tuple[int, ...] | None, instance_id: str, matched: Mapping[str, int]
+    ) -> None:
+        """A request of prefix `key` went to `instance_id`. A prefix not owned yet, or whose
+        owner holds none of it any more (`matched`), is now owned by `instance_id`; an owned one
+        keeps its owner. Either way it becomes the most recently used."""
+        if key is None:
+            return
+        owner = self._owner.pop(key, None)
+        if owner is not None and owner != instance_id and not matched.get(owner, 0):
+            self._count[owner] -= 1
+            owner = None
+        if owner is None:
+            owner = instance_id
+            self._count[owner] = self._count.get(owner, 0) + 1
+        self._owner[key] = owner
+        if len(self._owner) > self.capacity:
+            oldest = next(iter(self._owner))
+            self._count[self._owner.pop(oldest)] -= 1
+
+
 class Prefix:
     """The longest cached prefix wins, unless that instance is over its load cap; then the next
-    longest, and with no match under the cap, the least loaded."""
+    longest. A prefix nobody holds (or none under the cap) goes to the instance owning the
+    fewest prefixes among those within one step's budget of the least load."""
 
     name, needs_prefix = "prefix", True
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
+        self.owners = PrefixOwners()
 
     def route(self, req, instances, now, matched={}):  # noqa: B006
         budget = self.config.max_batched_tokens
-        mean = sum(load_tokens(s) for s in instances) / len(instances)
-        cap = (1 + self.config.load_slack) * mean + budget
-        ranked = sorted(
-            range(len(instances)), key=lambda i: -matched.get(instances[i].instance_id, 0)
-        )
-        for i in ranked:
-            snap = instances[i]
-            num_matched = matched.get(snap.instance_id, 0)
-            if num_matched == 0:
-                break
-            if load_tokens(snap) <= cap:
+        loads = [load_tokens(s) for s in instances]
+        key = self.owners.key(req, instances[0].block_size)
+        if matched:
+            cap = (1 + self.config.load_slack) * sum(loads) / len(loads) + budget
+            owner = self.owners.owner(key)
+            best_i, best_rank = -1, (0, False)  # (matched blocks, owns the prefix): larger wins
+            for i, snap in enumerate(instances):
+                rank = (matched.get(snap.instance_id, 0), snap.instance_id == owner)
+                if rank > best_rank and rank[0] and loads[i] <= cap:
+                    best_i, best_rank = i, rank
+            if best_i >= 0:
+                snap, best_matched = instances[best_i], best_rank[0]
+                self.owners.routed(key, snap.instance_id, matched)
                 return RouteDecision(
                     snap.instance_id,
-                    matched_blocks=num_matched,
-                    reason=f"prefix: {num_matched} blocks cached",
+                    matched_blocks=best_matched,
+                    reason=f"prefix: {best_matched} blocks cached",
                 )
-        snap = _least_loaded(instances, budget)
+        else:
+            self.owners.forget(key)
+        scores = [load / budget + s.kv_usage for load, s in zip(loads, instances)]
+        near = min(scores) + 1.0  # one step's budget of queued tokens
+        owners = self.owners
+        i = min(
+            (i for i, score in enumerate(scores) if score <= near),
+            key=lambda i: (owners.owned(instances[i].instance_id), scores[i], i),
+        )
+        snap = instances[i]
+        owners.routed(key, snap.instance_id, matched)
         return RouteDecision(
             snap.instance_id,
             matched_blocks=matched.get(snap.instance_id, 0),
-            reason="prefix: no match under the load cap, least load",
+            reason="prefix: no match under the load cap, least load and fewest prefixes owned",
         )
 
 
@@ -159,40 +229,63 @@ class Ttft:
     """Minimum estimated TTFT: queue wait + prefill of the uncached suffix, from each instance's
     step times fitted online from its snapshots. Instances without room for the request's KV,
     or above `kv_veto` usage, are skipped while any other remains; among equal estimates the
-    one with less decode pressure (KV usage, then running sequences) wins."""
+    one with less decode pressure (KV usage, then running sequences) wins. A prefix no instance
+    holds goes, among the instances estimated within `load_slack` of the best, to the one owning
+    the fewest prefixes (`PrefixOwners`): the first request of a new prefix brings its stream."""
 
     name, needs_prefix = "ttft", True
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
+        self.owners = PrefixOwners()
         self._models: dict[str, OnlineStepModel] = {}
-        self._seen: dict[str, float] = {}  # instance_id -> now_s of the last snapshot observed
+        # instance_id -> (step_tokens, step_time_s) of the last step learned from: heartbeats
+        # repeat the last step while an instance idles, and a repeat is not a new measurement.
+        self._seen: dict[str, tuple[int, float]] = {}
 
     def observe(self, snap: InstanceSnapshot) -> OnlineStepModel:
-        model = self._models.get(snap.instance_id)
+        instance_id = snap.instance_id
+        model = self._models.get(instance_id)
         if model is None:
             model = OnlineStepModel(self.config.prior or DEFAULT_PRIOR)
-            self._models[snap.instance_id] = model
-        if self._seen.get(snap.instance_id) != snap.now_s:
-            self._seen[snap.instance_id] = snap.now_s
+            self._models[instance_id] = model
+        step = (snap.step_tokens, snap.step_time_s)
+        if self._seen.get(instance_id) != step:
+            self._seen[instance_id] = step
             model.observe(snap.step_tokens, snap.step_time_s)
         return model
 
     def route(self, req, instances, now, matched={}):  # noqa: B006
         budget = self.config.max_batched_tokens
+        kv_veto = self.config.kv_veto
         prompt_len = len(req.prompt_token_ids)
-        best_key, best = None, None
+        max_tokens = req.sampling.max_tokens
+        rows = []  # (vetoed, est, kv_usage, num_running, i, num_matched)
         for i, snap in enumerate(instances):
             model = self.observe(snap)
-            num_matched = matched.get(snap.instance_id, 0)
+            num_matched = matched.get(snap.instance_id, 0) if matched else 0
             uncached = max(prompt_len - num_matched * snap.block_size, 1)
             est = estimate_ttft_s(snap, uncached, model.step_time, budget)
-            blocks_needed = -(-(uncached + req.sampling.max_tokens) // snap.block_size)
-            vetoed = snap.num_free_blocks < blocks_needed or snap.kv_usage > self.config.kv_veto
-            key = (vetoed, est, snap.kv_usage, snap.num_running, i)
-            if best_key is None or key < best_key:
-                best_key, best = key, (snap, est, num_matched)
-        snap, est, num_matched = best
+            kv_usage = snap.kv_usage
+            blocks_needed = -(-(uncached + max_tokens) // snap.block_size)
+            vetoed = snap.num_free_blocks < blocks_needed or kv_usage > kv_veto
+            rows.append((vetoed, est, kv_usage, snap.num_running, i, num_matched))
+        best = min(rows)
+        key = self.owners.key(req, instances[0].block_size)
+        if key is not None:
+            # Estimates within `load_slack` of the best are as good for this request; the
+            # prefix's long-run placement decides among them.
+            vetoed, limit = best[0], best[1] * (1 + self.config.load_slack)
+            near = [r for r in rows if r[0] == vetoed and r[1] <= limit]
+            if not matched:  # a new prefix: the instance owning the fewest
+                self.owners.forget(key)
+                owned = self.owners.owned
+                best = min(near, key=lambda r: (owned(instances[r[4]].instance_id), r))
+            elif len(near) > 1:  # a held prefix: stay with its owner while it is near the best
+                owner = self.owners.owner(key)
+                best = min(near, key=lambda r: (instances[r[4]].instance_id != owner, r))
+        snap, est, num_matched = instances[best[4]], best[1], best[5]
+        self.owners.routed(key, snap.instance_id, matched)
         return RouteDecision(
             snap.instance_id,
             est,

@@ -95,16 +95,34 @@ class PrefixIndex:
 
     def longest_prefix(self, block_hashes: Sequence[int]) -> dict[str, int]:
         """{instance_id: number of leading blocks of `block_hashes` it holds}, for every instance
-        holding at least the first block; in the order instances first appear on the chain."""
-        matched: dict[str, int] = {}
-        alive: dict[str, str] | None = None  # instances still matching at this depth
-        for depth, block_hash in enumerate(block_hashes):
-            where = self._where.get(block_hash)
+        holding at least the first block; in the order instances first appear on the chain.
+
+        Walks the chain once, keeping the instances still matching in a list (usually one or
+        two); copies nothing per depth and writes an instance's depth once, when it drops out."""
+        where_of = self._where.get
+        first = where_of(block_hashes[0]) if block_hashes else None
+        if not first:
+            return {}
+        alive = list(first)  # instances holding every block so far, in first-block order
+        depth_of: dict[str, int] = {}  # instance_id -> its depth, once it stopped matching
+        depth, end = 1, len(block_hashes)
+        while depth < end:
+            where = where_of(block_hashes[depth])
             if not where:
                 break
-            alive = dict(where) if alive is None else {i: t for i, t in alive.items() if i in where}
-            if not alive:
-                break
-            for instance_id in alive:
-                matched[instance_id] = depth + 1
-        return matched
+            if len(alive) == 1:
+                if alive[0] not in where:
+                    break
+            else:
+                still = [i for i in alive if i in where]
+                if len(still) < len(alive):
+                    for instance_id in alive:
+                        if instance_id not in where:
+                            depth_of[instance_id] = depth
+                    if not still:
+                        break
+                    alive = still
+            depth += 1
+        for instance_id in alive:
+            depth_of.setdefault(instance_id, depth)
+        return {instance_id: depth_of[instance_id] for instance_id in first}

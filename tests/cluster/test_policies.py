@@ -115,6 +115,53 @@ def test_ttft_learns_step_times_from_snapshots():
     assert decision.est_ttft_s == pytest.approx(0.01 + 0.001 * 320)
 
 
+def test_ttft_does_not_relearn_an_idle_instances_last_step_each_heartbeat():
+    policy = make_policy("ttft", CONFIG)
+    for k, (tokens, secs) in enumerate([(100, 0.11), (500, 0.51)]):
+        policy.route(request(), [snap(0, step_tokens=tokens, step_time_s=secs, now_s=k)], 0.0)
+    for k in range(2, 200):  # idle: every heartbeat repeats the last step it measured
+        policy.route(request(), [snap(0, step_tokens=500, step_time_s=0.51, now_s=k)], 0.0)
+    decision = policy.route(request(320), [snap(0, now_s=200)], 0.0)
+    assert decision.est_ttft_s == pytest.approx(0.01 + 0.001 * 320)
+
+
+def test_ttft_extends_a_narrow_fit_with_the_prior_beyond_the_largest_step_measured():
+    policy = make_policy("ttft", CONFIG)
+    for k, (tokens, secs) in enumerate([(1, 0.0101), (9, 0.0102)]):  # decode steps only
+        policy.route(request(), [snap(0, step_tokens=tokens, step_time_s=secs, now_s=k)], 0.0)
+    decision = policy.route(request(320), [snap(0, now_s=3)], 0.0)
+    fit_at_9 = 0.0101 + 0.0001 / 8 * 8
+    assert decision.est_ttft_s == pytest.approx(fit_at_9 + PRIOR.tokens_time(320)
+                                                - PRIOR.tokens_time(9))  # fmt: skip
+
+
+def prefixed(system: int, question: int) -> Request:
+    prompt = tuple(1000 * (system + 1) + t for t in range(48)) + (question,)
+    return Request(f"r{system}-{question}", prompt, SamplingParams(16))
+
+
+@pytest.mark.parametrize("name", ["prefix", "ttft"])
+def test_new_prefixes_spread_over_an_idle_fleet_by_prefixes_owned(name):
+    policy = make_policy(name, CONFIG)
+    snaps = [snap(i) for i in range(4)]
+    owner: dict[int, str] = {}
+    for system in range(12):  # idle fleet: every estimate ties
+        owner[system] = policy.route(prefixed(system, 0), snaps, 0.0).instance_id
+        # its next requests find it cached where it went
+        for q in range(1, 3):
+            decision = policy.route(prefixed(system, q), snaps, 0.0, {owner[system]: 3})
+            assert decision.instance_id == owner[system]
+    assert sorted(list(owner.values()).count(f"i{i}") for i in range(4)) == [3, 3, 3, 3]
+
+
+def test_ttft_keeps_a_prefix_held_twice_with_its_owner():
+    policy = make_policy("ttft", CONFIG)
+    snaps = [snap(0), snap(1)]
+    policy.route(prefixed(0, 0), [snaps[1]], 0.0)  # placed on i1 (the only instance then)
+    decision = policy.route(prefixed(0, 1), snaps, 0.0, {"i0": 3, "i1": 3})
+    assert decision.instance_id == "i1"
+
+
 def test_add_pending_counts_a_routed_request():
     s = add_pending(snap(0, waiting_tokens=10), 300)
     assert (s.num_waiting, s.num_waiting_tokens) == (2, 310)

@@ -20,6 +20,17 @@ def test_longest_prefix_walks_the_chain_per_instance():
     assert index.longest_prefix([9, 1]) == {}
 
 
+def test_longest_prefix_keeps_first_block_order_as_instances_drop_out():
+    index = PrefixIndex()
+    index.apply("c", 0, stored(1, 2, 3, 4))
+    index.apply("a", 0, stored(1))
+    index.apply("b", 0, stored(1, 2, 3))
+    index.apply("a", 1, [BlockStored(3, 2, 16)])  # holds block 3 but not block 2: stops at 1
+    matched = index.longest_prefix([1, 2, 3, 4, 5])
+    assert list(matched.items()) == [("c", 4), ("a", 1), ("b", 3)]
+    assert index.longest_prefix([]) == {}
+
+
 def test_a_hole_in_the_chain_stops_the_match():
     index = PrefixIndex()
     index.apply("a", 0, stored(1, 2, 3))
