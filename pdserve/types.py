@@ -153,6 +153,7 @@ class InstanceSnapshot:
     block_size: int = 16
     step_time_s: float = 0.0  # last measured step duration
     step_tokens: int = 0  # tokens computed in that step
+    num_steps: int = 0  # steps planned so far (monotonic): a new value means a new measurement
     role: str = "fused"  # "fused" | "prefill" | "decode"
     incarnation: str = ""
     now_s: float = 0.0

@@ -249,7 +249,8 @@ class Ttft:
         if model is None:
             model = OnlineStepModel(self.config.prior or DEFAULT_PRIOR)
             self._models[instance_id] = model
-        step = (snap.step_tokens, snap.step_time_s)
+        # Learn once per step: heartbeats repeat the last step's measurement until the next one.
+        step = snap.num_steps or (snap.step_tokens, snap.step_time_s)
         if self._seen.get(instance_id) != step:
             self._seen[instance_id] = step
             model.observe(snap.step_tokens, snap.step_time_s)

@@ -262,6 +262,7 @@ class Scheduler:
             num_cached_blocks=len(self.kv.prefix_cache),
             num_total_blocks=self.kv.num_blocks,
             block_size=self.block_size,
+            num_steps=self._step_id,
             now_s=now,
         )
 
