@@ -1,5 +1,5 @@
-"""`pdserve bench serve` against `pdserve serve` (embedded model): the run completes, writes its JSON
-and PNG, and its request and token counts match the server's own /metrics counters."""
+"""`pdserve bench serve` against `pdserve serve` (embedded model): the run completes, writes
+its JSON and PNG, and its request and token counts match the server's /metrics counters."""
 
 import json
 import subprocess
