@@ -67,6 +67,8 @@ def gather_kv(
 def paged_attention(
     q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
+    if meta.is_pure_decode:
+        return _decode_attention(q, kv_cache, meta, scale)
     num_heads = q.shape[1]
     num_kv_heads = kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -89,3 +91,27 @@ def paged_attention(
         o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale)
         out[begin:end] = o.transpose(0, 1).to(q.dtype)
     return out
+
+
+def _decode_attention(
+    q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """One new token per sequence: every context gathered into one padded batch and one SDPA
+    call (a Python loop over sequences costs more than the attention itself on a CPU). The q
+    heads of a GQA group share their K/V, so they ride as the group's "query positions"."""
+    num_seqs, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    max_len = meta.max_seq_len
+    num_blocks = (max_len + block_size - 1) // block_size
+    blocks = kv_cache[meta.block_tables[:, :num_blocks].long()]  # [B, n, 2, bs, KV, D]
+    flat = blocks.transpose(1, 2).reshape(
+        num_seqs, 2, num_blocks * block_size, num_kv_heads, head_dim
+    )
+    k = flat[:, 0, :max_len].transpose(1, 2).float()  # [B, KV, L, D]
+    v = flat[:, 1, :max_len].transpose(1, 2).float()
+    valid = torch.arange(max_len, device=q.device)[None, :] < meta.seq_lens[:, None]  # [B, L]
+    grouped = q.float().view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(
+        grouped, k, v, attn_mask=valid[:, None, None, :], scale=scale
+    )  # [B, KV, G, D]
+    return out.reshape(num_seqs, num_heads, head_dim).to(q.dtype)
