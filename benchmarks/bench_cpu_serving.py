@@ -58,7 +58,9 @@ def start_pdserve(threads: int) -> tuple[subprocess.Popen, str, str]:
 def start_llama_cpp(python: str, gguf: str, threads: int) -> tuple[subprocess.Popen, str, str]:
     port = free_port()
     cmd = [python, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
-           "--n_threads", str(threads), "--n_ctx", "4096"]  # fmt: skip
+           "--n_threads", str(threads), "--n_ctx", "4096",
+           # Its default cancels the running request when a new one arrives: serve them all.
+           "--interrupt_requests", "False"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc)
