@@ -6,15 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
-from tests.server.conftest import free_port
-
-START_TIMEOUT_S = 180
+from tests.server.conftest import free_port, wait_healthy
 
 
 @dataclass
@@ -47,18 +43,8 @@ def start_fleet(*extra: str) -> FleetProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pdserve up exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return FleetProcess(proc, url)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("pdserve up did not become ready")
+    wait_healthy(proc, url, "pdserve up")
+    return FleetProcess(proc, url)
 
 
 @pytest.fixture(scope="module")

@@ -60,24 +60,30 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, what: str) -> None:
+    """Until `url`/health answers 200; the process exiting or the timeout is an error."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{what} did not become ready")
+
+
 def start_server(*extra: str) -> ServerProcess:
     port = free_port()
     cmd = [sys.executable, "-m", "pdserve.cli", "serve", "--port", str(port),
            "--worker-threads", "1", "--enable-debug-endpoints", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pdserve serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return ServerProcess(proc, url)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("pdserve serve did not become ready")
+    wait_healthy(proc, url, "pdserve serve")
+    return ServerProcess(proc, url)
 
 
 @pytest.fixture(scope="session")
