@@ -249,6 +249,8 @@ class Controller:
             record.started(rid)
 
     async def abort(self, request_id: str) -> None:
+        if self.pd.is_active and self.pd.abort(request_id):  # both sides of a PD hand-off
+            return
         flight = self._flights.get(request_id)
         record = flight and self.registry.get(flight.instance_id)
         if record is not None:

@@ -11,8 +11,11 @@
 
 Conditional disaggregation: when the part of the prompt the decode instance does not hold
 cached is shorter than `min_prefill_tokens` (or no prefill instance is live), the request runs
-fused on the decode instance. Abort (the caller closes the stream): the prefill side is aborted
-at once; the decode side only once no transfer can still write into its reserved blocks.
+fused on the decode instance. Abort (the caller closes the stream, or `abort(rid)` through
+Controller.abort, which ends the stream with an ABORT event): the prefill side is aborted at
+once; the decode side only once no transfer can still write into its reserved blocks.
+A prefill instance lost mid-transfer (killed) leaves the hand-off without an outcome: the
+decode side recomputes, and the lost instance is out of the registry, so no pair includes it.
 
 Known gaps: a greedy-equal but sampled first token may differ after a failed transfer (the
 decode side recomputes it); fused instances in a fleet with decode instances get no requests.
@@ -32,6 +35,11 @@ from pdserve.cluster.block_hasher import BlockHasher
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError
 from pdserve.types import FinishReason, KVReservation, KVRole, Request, TokenEvent
+
+
+class ClientAborted(Exception):
+    """Put into a PD request's flight queues by `PDRouter.abort`: the caller gave up."""
+
 
 PREFILL_SUFFIX = "@prefill"  # the SEND request's id: its own flight on the prefill instance
 TRANSFER_BUCKETS_S = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 5)
@@ -83,6 +91,7 @@ class PDRouter:
         self._reserved: dict[str, asyncio.Future] = {}  # rid -> KVReservation
         self._sent: dict[str, asyncio.Future] = {}  # prefill rid -> KVSendResult
         self._hasher: BlockHasher | None = None
+        self._aborted: dict[str, None] = {}  # rids that `abort` ended, until their stream ends
 
     @property
     def is_active(self) -> bool:
@@ -103,6 +112,19 @@ class PDRouter:
         future = futures.get(value.request_id)
         if future is not None and not future.done():
             future.set_result(value)
+
+    def abort(self, request_id: str) -> bool:
+        """Controller.abort for a request this router runs (False: not one of ours). Its stream
+        ends with an ABORT event; both instances are released as when the caller closes it."""
+        prid = request_id + PREFILL_SUFFIX
+        flights = [self.ctrl._flights.get(rid) for rid in (request_id, prid)]
+        if flights[0] is None or request_id in self._aborted:
+            return flights[0] is not None
+        self._aborted[request_id] = None
+        for flight in flights:
+            if flight is not None:
+                flight.queue.put_nowait(ClientAborted(request_id))
+        return True
 
     # ---- one request ----------------------------------------------------------------------
 
@@ -152,7 +174,10 @@ class PDRouter:
                 event = await _next(flight, record.instance_id)
                 is_done = event.is_finished
                 yield event
+        except ClientAborted:
+            yield TokenEvent(rid, (), FinishReason.ABORT)
         finally:
+            self._aborted.pop(rid, None)
             if not is_done:
                 self.ctrl._send(record, P.ABORT, [rid], "abort")
             self.ctrl._release(rid)
@@ -184,8 +209,10 @@ class PDRouter:
                     yield dataclasses.replace(event, request_id=rid, finish_reason=None)
             except EngineDeadError:  # prefill lost before its token: recompute on decode
                 sent.cancel()
-            result = await self._await_sent(sent, prefill)
+            result = await self._await_sent(sent, prefill, rid)
             is_ordered = False
+            if result is None:  # no outcome (prefill lost, timed out): counts as failed
+                self.metrics.failed.inc()
             token = first_token if result is not None and result.is_ok else None
             self.ctrl._send(decode, P.KV_RECEIVED, rid, token)
             num_skip = 0 if first_token is None else 1
@@ -197,7 +224,10 @@ class PDRouter:
                     event = dataclasses.replace(event, new_token_ids=event.new_token_ids[1:])
                 if event.new_token_ids or is_done:
                     yield event
+        except ClientAborted:
+            yield TokenEvent(rid, (), FinishReason.ABORT)
         finally:
+            self._aborted.pop(rid, None)
             self._reserved.pop(rid, None)
             if prefill_flight is not None:
                 if first_token is None:  # still prefilling (or lost): stop it there
@@ -227,12 +257,15 @@ class PDRouter:
             raise item if isinstance(item, Exception) else EngineDeadError(str(item))
         raise EngineDeadError(f"instance {record.instance_id} reserved no KV blocks in time")
 
-    async def _await_sent(self, sent, prefill) -> P.KVSendResult | None:
-        """The send's outcome; None when it cannot come (prefill gone, timed out, cancelled)."""
+    async def _await_sent(self, sent, prefill, rid: str = "") -> P.KVSendResult | None:
+        """The send's outcome; None when it cannot come (prefill gone, timed out, cancelled).
+        ClientAborted when `rid` is aborted meanwhile."""
         deadline = time.monotonic() + self.config.send_timeout_s
         while not sent.done() and time.monotonic() < deadline:
             if self.ctrl.registry.get(prefill.instance_id) is not prefill:
                 return None
+            if rid in self._aborted:
+                raise ClientAborted(rid)
             await asyncio.wait({sent}, timeout=0.05)
         return sent.result() if sent.done() and not sent.cancelled() else None
 
@@ -247,7 +280,7 @@ class PDRouter:
 async def _next(flight, instance_id: str) -> TokenEvent:
     """The flight's next event; its error raised (a lost instance as EngineDeadError)."""
     item = await flight.queue.get()
-    if isinstance(item, EngineDeadError | ValueError):
+    if isinstance(item, EngineDeadError | ValueError | ClientAborted):
         raise item
     if isinstance(item, Exception):
         raise EngineDeadError(f"instance {instance_id} failed: {item}")

@@ -1,5 +1,6 @@
-"""A PD fleet for these tests: one controller, `prefill-0` and `decode-0` real worker processes
-(tiny random Llama, one thread each) handing KV over NIXL, all on one event loop per module."""
+"""A PD fleet for these tests: one controller, `prefill-0`, `prefill-1` and `decode-0` real worker
+processes (tiny random Llama, one thread each) handing KV over NIXL, all on one event loop per
+module. Two prefill instances, so a killed one can be routed around."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ MIN_PREFILL_TOKENS = 24  # prompts with fewer uncached tokens run fused on the d
 class PDFleet:
     loop: asyncio.AbstractEventLoop
     controller: Controller
+    workers: dict[str, LocalFleet]  # role -> its local fleet (kill a worker with it)
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -34,22 +36,22 @@ class PDFleet:
 def pd_fleet():
     loop = asyncio.new_event_loop()
     config = ControllerConfig(pd=PDConfig(min_prefill_tokens=MIN_PREFILL_TOKENS))
-    groups = (("prefill", ("--kv-lease-s", str(LEASE_S))), ("decode", ()))
+    groups = (("prefill", 2, ("--kv-lease-s", str(LEASE_S))), ("decode", 1, ()))
     fleets = []
 
     async def start() -> Controller:
         controller = Controller(config)
         controller.start()
-        for role, extra in groups:
+        for role, num, extra in groups:
             argv = (*ENGINE_ARGV, "--role", role, "--kv-transport", "nixl", *extra)
-            cfg = LocalFleetConfig(1, argv, WORKER_MODULE, id_prefix=role, env=dict(ONE_THREAD))
+            cfg = LocalFleetConfig(num, argv, WORKER_MODULE, id_prefix=role, env=dict(ONE_THREAD))
             fleets.append(LocalFleet(cfg, controller.address, controller.mark_dead))
             fleets[-1].start()
-        await controller.wait_for_instances(2, START_TIMEOUT_S)
+        await controller.wait_for_instances(3, START_TIMEOUT_S)
         return controller
 
     controller = loop.run_until_complete(start())
-    yield PDFleet(loop, controller)
+    yield PDFleet(loop, controller, {"prefill": fleets[0], "decode": fleets[1]})
 
     async def stop() -> None:
         await controller.close()
