@@ -23,7 +23,7 @@ import {module}
 NO_TORCH_NO_ASYNCIO = ["pdserve.sched", "pdserve.sched.scheduler", "pdserve.sim",
                        "pdserve.sim.cluster", "pdserve.sim.cli", "pdserve.sim.plan",
                        "pdserve.cluster.policies", "pdserve.cluster.prefix_index",
-                       "pdserve.cluster.cost_model"]  # fmt: skip
+                       "pdserve.cluster.cost_model", "pdserve.cluster.pd_policy"]  # fmt: skip
 NO_TORCH = ["pdserve.metrics", "pdserve.bench.workload", "pdserve.types", "pdserve.hashing"]
 
 

@@ -2,7 +2,7 @@
 OpenAI API as `pdserve serve` (the server app with the controller as its EngineClient).
 
     pdserve up dummy:tiny-llama --instances 3 --routing ttft --slo-ttft-ms 500
-    pdserve up dummy:tiny-llama --prefill 1 --decode 1 --pd-min-prefill-tokens 256
+    pdserve up dummy:tiny-llama --prefill 1 --decode 1 --pd-disaggregation cost
     pdserve up --attach 2 --control-address tcp://0.0.0.0:5555 --control-token T
         # then, on any host:  python -m pdserve.engine.worker --driver tcp://HOST:5555 ...
 
@@ -64,10 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill", type=int, default=0, metavar="P", help="PD: prefill workers")
     parser.add_argument("--decode", type=int, default=0, metavar="D", help="PD: decode workers")
     parser.add_argument(
-        "--pd-min-prefill-tokens",
-        type=int,
-        default=256,
-        help="PD: shorter uncached prompts run fused on the decode instance",
+        "--pd-disaggregation",
+        default="cost",
+        choices=("cost", "always", "never"),
+        help="PD: prefill on a prefill instance when the cost model says it beats prefilling on "
+        "the decode instance (cost), or force either",
+    )
+    parser.add_argument(
+        "--pd-link-gbps", type=float, default=10.0, help="PD: prefill -> decode link, GB/s"
+    )
+    parser.add_argument(
+        "--pd-link-latency-ms", type=float, default=1.0, help="PD: per-transfer latency, ms"
     )
     parser.add_argument("--kv-transport", default="nixl", choices=("nixl", "inproc", "cuda_ipc"))
     parser.add_argument(
@@ -103,7 +110,7 @@ def controller_config(args: argparse.Namespace):
         args.max_retries,
         slo,
         control_token=args.control_token,
-        pd=PDConfig(min_prefill_tokens=args.pd_min_prefill_tokens),
+        pd=PDConfig(args.pd_disaggregation, args.pd_link_gbps, args.pd_link_latency_ms / 1000),
     )
 
 

@@ -199,6 +199,18 @@ class OnlineStepModel:
         return a, b, max_tokens, a + b * max_tokens - self.prior.tokens_time(max_tokens)
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The network path between two instances' KV caches: moving `n` bytes takes
+    latency_s + n / bandwidth_bps seconds (nothing to move takes no time)."""
+
+    bandwidth_bps: float  # bytes per second
+    latency_s: float = 0.0
+
+    def transfer_s(self, num_bytes: int) -> float:
+        return self.latency_s + num_bytes / self.bandwidth_bps if num_bytes > 0 else 0.0
+
+
 def estimate_ttft_s(snap, num_uncached_tokens: int, step_time, max_batched_tokens: int) -> float:
     """Queue wait + prefill of the uncached suffix on one fused instance, in seconds.
 

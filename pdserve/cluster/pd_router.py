@@ -9,9 +9,13 @@
       decode  <- KV_RECEIVED(rid, first token if ok else None: recompute there, same output)
       decode  -> TOKENS(first token again, then the rest) ==> yielded, the repeat dropped
 
-Conditional disaggregation: when the part of the prompt the decode instance does not hold
-cached is shorter than `min_prefill_tokens` (or no prefill instance is live), the request runs
-fused on the decode instance. Abort (the caller closes the stream, or `abort(rid)` through
+Pairing and conditional disaggregation (cluster/pd_policy.py, pure): the decode instance by KV
+headroom and running load; the prefill instance by estimated TTFT plus the transfer over the
+link between the two; the request runs fused on the decode instance when prefilling there is
+estimated faster than prefill-elsewhere + transfer (`disaggregation="cost"`; "always" and
+"never" force either). Step times are fitted online per instance from its snapshots.
+
+Abort (the caller closes the stream, or `abort(rid)` through
 Controller.abort, which ends the stream with an ABORT event): the prefill side is aborted at
 once; the decode side only once no transfer can still write into its reserved blocks.
 A prefill instance lost mid-transfer (killed) leaves the hand-off without an outcome: the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import pickle
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +37,9 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Histogram
 
 from pdserve.cluster.block_hasher import BlockHasher
+from pdserve.cluster.cost_model import Link
+from pdserve.cluster.pd_policy import MODES, Candidate, PDChoice, choose_pd
+from pdserve.cluster.policies import Ttft
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError
 from pdserve.types import FinishReason, KVReservation, KVRole, Request, TokenEvent
@@ -47,7 +55,11 @@ TRANSFER_BUCKETS_S = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0
 
 @dataclass(frozen=True, slots=True)
 class PDConfig:
-    min_prefill_tokens: int = 256  # shorter uncached prompts run fused on the decode instance
+    disaggregation: str = "cost"  # "cost" | "always" | "never" (pd_policy.MODES)
+    link_bandwidth_gbps: float = 10.0  # GB/s between any prefill and decode instance
+    link_latency_s: float = 1e-3
+    # (prefill id, decode id, GB/s, latency s): links unlike the default
+    links: tuple[tuple[str, str, float, float], ...] = ()
     reserve_timeout_s: float = 60.0  # the decode instance's blocks may be short for a while
     send_timeout_s: float = 30.0  # no KV_SENT by then: the transfer counts as failed
 
@@ -86,11 +98,14 @@ class PDMetrics:
 class PDRouter:
     def __init__(self, controller, config: PDConfig = PDConfig()):
         self.ctrl = controller
-        self.config = config
         self.metrics = PDMetrics(controller.metrics.registry)
         self._reserved: dict[str, asyncio.Future] = {}  # rid -> KVReservation
         self._sent: dict[str, asyncio.Future] = {}  # prefill rid -> KVSendResult
         self._hasher: BlockHasher | None = None
+        self._steps = Ttft(controller.config.policy)  # per-instance step-time fits (`observe`)
+        self._block_bytes: dict[bytes, int] = {}  # kv_meta -> KV bytes of a block, all layers
+        self.configure(config)
+        self.last_choice: PDChoice | None = None
         self._aborted: dict[str, None] = {}  # rids that `abort` ended, until their stream ends
 
     @property
@@ -128,8 +143,19 @@ class PDRouter:
 
     # ---- one request ----------------------------------------------------------------------
 
+    def configure(self, config: PDConfig) -> None:
+        """Take a new PDConfig (mode, links) from the next request on."""
+        if config.disaggregation not in MODES:
+            raise ValueError(f"disaggregation: one of {MODES}, not {config.disaggregation!r}")
+        self.config = config
+        self._default_link = Link(config.link_bandwidth_gbps * 1e9, config.link_latency_s)
+        self._links = {(p, d): Link(g * 1e9, t) for p, d, g, t in config.links}
+
+    def link(self, prefill_id: str, decode_id: str) -> Link:
+        return self._links.get((prefill_id, decode_id), self._default_link)
+
     def _pick(self, req: Request):
-        """(prefill record or None, decode record, uncached prompt tokens on the decode one)."""
+        """(prefill record or None: fused, decode record), chosen by pd_policy.choose_pd."""
         live = self.ctrl.registry.live()
         prefills = [r for r in live if r.info.role == "prefill"]
         decodes = [r for r in live if r.info.role == "decode"]
@@ -140,23 +166,35 @@ class PDRouter:
             self._hasher = BlockHasher(block_size)
         hashes = self._hasher(req.prompt_token_ids)
         matched = self.ctrl.pending.matched(self.ctrl.index, hashes)
-        now = time.monotonic()
-        prefill, decode_id = None, None
-        if prefills:
-            snaps = [r.snapshot() for r in prefills]
-            decision = self.ctrl.policy.route(req, snaps, now, matched)
-            prefill = self.ctrl.registry.get(decision.instance_id)
-            decode_id = decision.decode_instance_id
-        decode = self.ctrl.registry.get(decode_id) if decode_id else None
-        if decode is None or decode.info.role != "decode":
-            # least KV pressure: most free blocks, then the fewest requests queued or running
-            decode = max(decodes, key=lambda r: (r.snapshot().num_free_blocks, -len(r.request_ids)))
-        num_cached = matched.get(decode.instance_id, 0) * block_size
-        return prefill, decode, len(req.prompt_token_ids) - num_cached
+
+        def candidates(records) -> list[Candidate]:
+            out = []
+            for r in records:
+                snap = r.snapshot()
+                model = self._steps.observe(snap)
+                out.append(Candidate(snap, model.step_time, matched.get(r.instance_id, 0)))
+            return out
+
+        choice = choose_pd(
+            len(req.prompt_token_ids), req.sampling.max_tokens, candidates(prefills),
+            candidates(decodes), self._kv_block_bytes(decodes[0].info.kv_meta), self.link,
+            self.ctrl.config.policy.max_batched_tokens, self.config.disaggregation,
+        )  # fmt: skip
+        self.last_choice = choice
+        prefill = self.ctrl.registry.get(choice.prefill_id) if choice.prefill_id else None
+        return prefill, self.ctrl.registry.get(choice.decode_id)
+
+    def _kv_block_bytes(self, kv_meta: bytes) -> int:
+        """KV bytes of one block over all layers, from a worker's kvxfer metadata."""
+        num_bytes = self._block_bytes.get(kv_meta)
+        if num_bytes is None:
+            layout = pickle.loads(kv_meta).layout  # trusted: from a registered worker
+            num_bytes = self._block_bytes[kv_meta] = layout.block_bytes * layout.num_layers
+        return num_bytes
 
     async def generate(self, req: Request) -> AsyncIterator[TokenEvent]:
-        prefill, decode, num_uncached = self._pick(req)
-        if prefill is None or num_uncached < self.config.min_prefill_tokens:
+        prefill, decode = self._pick(req)
+        if prefill is None:
             self.metrics.requests.labels("fused").inc()
             async for event in self._fused(decode, req):
                 yield event

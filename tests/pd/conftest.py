@@ -19,7 +19,7 @@ from tests.cluster.harness import ONE_THREAD, START_TIMEOUT_S, TINY_MODEL
 ENGINE_ARGV = ("--model", TINY_MODEL, "--threads", "1", "--max-model-len", "256",
                "--num-blocks", "64", "--block-size", "16")  # fmt: skip
 LEASE_S = 2.0
-MIN_PREFILL_TOKENS = 24  # prompts with fewer uncached tokens run fused on the decode instance
+PD_CONFIG = PDConfig(disaggregation="always")  # every request with a live prefill is handed off
 
 
 @dataclass
@@ -35,7 +35,7 @@ class PDFleet:
 @pytest.fixture(scope="module")
 def pd_fleet():
     loop = asyncio.new_event_loop()
-    config = ControllerConfig(pd=PDConfig(min_prefill_tokens=MIN_PREFILL_TOKENS))
+    config = ControllerConfig(pd=PD_CONFIG)
     groups = (("prefill", 2, ("--kv-lease-s", str(LEASE_S))), ("decode", 1, ()))
     fleets = []
 

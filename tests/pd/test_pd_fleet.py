@@ -4,13 +4,14 @@ the KV handed over NIXL. Outputs equal one fused engine's, whatever happens to t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from prometheus_client import generate_latest
 
 from pdserve.engine import protocol as P
 from pdserve.types import FinishReason, KVRole, Request, SamplingParams
 from tests.cluster.harness import request, run_request, token_ids
-from tests.pd.conftest import LEASE_S
+from tests.pd.conftest import LEASE_S, PD_CONFIG
 
 MAX_TOKENS = 6
 
@@ -102,20 +103,26 @@ def test_partial_prefix_hit_on_decode_sends_only_the_missing_blocks(pd_fleet, re
     assert moved == 4 - 2  # blocks 2 and 3 of the prompt; 0 and 1 were cached on decode
 
 
-def test_short_prompt_runs_fused_on_the_decode_instance(pd_fleet, reference):
+def test_cost_mode_prefills_on_decode_when_the_hand_off_costs_more(pd_fleet, reference):
     ctrl = pd_fleet.controller
-    prompt = [17, 18, 19, 20, 21, 22, 23, 24, 25, 26]  # 10 uncached tokens < 24
+    prompt = [17, 18, 19, 20, 21, 22, 23, 24, 25, 26]
+    slow_link = dataclasses.replace(PD_CONFIG, disaggregation="cost", link_latency_s=10.0)
 
     async def main():
         ids = [*live_ids(ctrl, "prefill"), "decode-0"]
         before = [await prompt_tokens(ctrl, i) for i in ids]
-        got = token_ids(await run_request(ctrl, request("short", prompt, MAX_TOKENS)))
+        ctrl.pd.configure(slow_link)  # any hand-off costs 10 s more than prefilling on decode
+        try:
+            got = token_ids(await run_request(ctrl, request("short", prompt, MAX_TOKENS)))
+        finally:
+            ctrl.pd.configure(PD_CONFIG)
         after = [await prompt_tokens(ctrl, i) for i in ids]
-        return got, [a - b for a, b in zip(after, before)]
+        return got, [a - b for a, b in zip(after, before)], ctrl.pd.last_choice
 
-    got, computed = pd_fleet.run(main())
+    got, computed, choice = pd_fleet.run(main())
     assert got == reference([prompt], MAX_TOKENS)[0]
     assert computed == [0, 0, len(prompt)]
+    assert choice.prefill_id is None and choice.est_pair_s > 10.0 > choice.est_fused_s
 
 
 def test_dropped_and_truncated_transfers_recompute_on_decode(pd_fleet, reference):

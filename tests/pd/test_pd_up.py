@@ -10,7 +10,7 @@ from tests.cluster.test_up_outputs import completion_ids
 
 def test_pd_fleet_serves_completions_and_transfer_metrics(reference):
     fleet = start_fleet(
-        "dummy:tiny-llama", "--prefill", "1", "--decode", "1", "--pd-min-prefill-tokens", "8",
+        "dummy:tiny-llama", "--prefill", "1", "--decode", "1", "--pd-disaggregation", "always",
         "--max-model-len", "256", "--num-blocks", "64", "--block-size", "16",
     )  # fmt: skip
     try:

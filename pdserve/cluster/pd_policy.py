@@ -1,0 +1,136 @@
+"""PD pairing and conditional disaggregation as pure functions of snapshots and cost models.
+
+    decode  = the one with the most KV headroom after taking the request, the least running load
+    prefill = argmin over p of  TTFT(p)  + transfer(p -> decode)
+                                 |         latency + KV bytes the decode lacks / link bandwidth
+                                 queue wait + prefill of what p lacks cached (estimate_ttft_s)
+    fused   = TTFT(decode) of prefilling there (what the decode lacks cached, behind its load)
+
+    mode "cost":   fused when TTFT(decode) <= TTFT(prefill) + transfer, else the pair
+    mode "always": the pair whenever a prefill instance is live;  "never": fused on decode
+
+Torch-free, asyncio-free and clock-free (the simulator can run it): time is in the snapshots,
+step times come in as callables, links as `Link`s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pdserve.cluster.cost_model import Link, estimate_ttft_s
+from pdserve.types import InstanceSnapshot
+
+MODES = ("cost", "always", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One instance as the pairing sees it."""
+
+    snap: InstanceSnapshot
+    step_time: Callable[[int], float]  # seconds of a step of that many tokens on this instance
+    num_cached_blocks: int = 0  # leading prompt blocks it holds cached (global prefix index)
+
+
+@dataclass(frozen=True, slots=True)
+class PDChoice:
+    decode_id: str
+    prefill_id: str | None  # None: prefill on the decode instance (fused)
+    est_ttft_s: float  # of the chosen way
+    est_fused_s: float  # TTFT of prefilling on the decode instance
+    est_pair_s: float  # best prefill TTFT + transfer; inf without a prefill instance
+    transfer_s: float  # of the best pair
+    num_transfer_blocks: int  # blocks the decode instance lacks (sent by the pair)
+    reason: str
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cached_blocks(prompt_len: int, num_matched_blocks: int, block_size: int) -> int:
+    """Usable prefix-hit blocks: the last prompt token is always computed (its logits sample)."""
+    return min(num_matched_blocks, (prompt_len - 1) // block_size)
+
+
+def pick_decode(
+    decodes: Sequence[Candidate], prompt_len: int, max_tokens: int, max_num_seqs: int = 256
+) -> int:
+    """Index of the decode instance with the most KV headroom and least running load: instances
+    without free blocks for the request's uncached prompt and its outputs are skipped while
+    others remain; then min(KV usage after taking it + share of the decode batch in use)."""
+
+    def key(i: int) -> tuple[bool, float, int]:
+        c = decodes[i]
+        s = c.snap
+        bs = s.block_size
+        num_needed = cdiv(prompt_len + max_tokens, bs) - cached_blocks(
+            prompt_len, c.num_cached_blocks, bs
+        )
+        lacks_room = s.num_free_blocks < num_needed
+        usage_after = 1.0 - (s.num_free_blocks - num_needed) / max(s.num_total_blocks, 1)
+        load = (s.num_running + s.num_waiting) / max_num_seqs
+        return lacks_room, usage_after + load, i
+
+    return min(range(len(decodes)), key=key)
+
+
+def prefill_ttft_s(c: Candidate, prompt_len: int, max_batched_tokens: int) -> float:
+    """Estimated TTFT of prefilling the prompt on `c`: what it lacks cached, behind its queue."""
+    num_cached = cached_blocks(prompt_len, c.num_cached_blocks, c.snap.block_size)
+    num_uncached = prompt_len - num_cached * c.snap.block_size
+    return estimate_ttft_s(c.snap, num_uncached, c.step_time, max_batched_tokens)
+
+
+def choose_pd(
+    prompt_len: int,
+    max_tokens: int,
+    prefills: Sequence[Candidate],
+    decodes: Sequence[Candidate],
+    block_bytes: int,
+    link: Callable[[str, str], Link],
+    max_batched_tokens: int,
+    mode: str = "cost",
+) -> PDChoice:
+    """The decode instance, and the prefill instance or None (fused on the decode instance).
+
+    `block_bytes`: KV bytes of one block over all layers; `link(prefill_id, decode_id)`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown disaggregation mode {mode!r}; choose one of {MODES}")
+    if not decodes:
+        raise ValueError("no decode instance")
+    d = decodes[pick_decode(decodes, prompt_len, max_tokens)]
+    bs = d.snap.block_size
+    num_send = cdiv(prompt_len, bs) - cached_blocks(prompt_len, d.num_cached_blocks, bs)
+    fused_s = prefill_ttft_s(d, prompt_len, max_batched_tokens)
+    best, best_s, best_xfer = None, math.inf, 0.0
+    for p in prefills:
+        s = p.snap
+        lacks_room = s.num_free_blocks < cdiv(prompt_len, s.block_size)
+        xfer_s = link(s.instance_id, d.snap.instance_id).transfer_s(num_send * block_bytes)
+        total_s = prefill_ttft_s(p, prompt_len, max_batched_tokens) + xfer_s
+        if best is None or (lacks_room, total_s) < best[0]:
+            best, best_s, best_xfer = ((lacks_room, total_s), p), total_s, xfer_s
+    prefill_id = best[1].snap.instance_id if best is not None else None
+    if prefill_id is None or mode == "never":
+        why = "no live prefill instance" if prefill_id is None else "mode never"
+        prefill_id = None
+    elif mode == "always":
+        why = "mode always"
+    elif fused_s <= best_s:
+        why = f"cost: prefill here {fused_s * 1e3:.2f} ms <= pair {best_s * 1e3:.2f} ms"
+        prefill_id = None
+    else:
+        why = f"cost: pair {best_s * 1e3:.2f} ms < prefill here {fused_s * 1e3:.2f} ms"
+    return PDChoice(
+        d.snap.instance_id,
+        prefill_id,
+        fused_s if prefill_id is None else best_s,
+        fused_s,
+        best_s,
+        best_xfer,
+        num_send,
+        why,
+    )
