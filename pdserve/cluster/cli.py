@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="auto",
         default=None,
         metavar="ADDRESS",
-        help="place the workers as Ray actors (not implemented yet)",
+        help="place the workers as Ray actors on the Ray cluster at ADDRESS (default: the "
+        "one running here); the controller binds on this node's IP",
     )
 
 
@@ -141,9 +142,23 @@ def main(args: argparse.Namespace) -> int:
     from pdserve.server.cli import Progress, load_server_tokenizer, worker_argv
     from pdserve.server.generation import ServerConfig, ServerState
 
+    fleet_class = LocalFleet
     if args.ray is not None:
-        print("pdserve up: --ray is not implemented yet", file=sys.stderr)
-        return 2
+        if args.attach:
+            print("pdserve up: --ray places workers; --attach waits for them", file=sys.stderr)
+            return 2
+        from pdserve.deploy.ray_fleet import RayFleet, connect
+
+        try:
+            node_ip = connect(args.ray)
+        except ConnectionError as e:
+            print(f"pdserve up: {e}", file=sys.stderr)
+            return 2
+        for loopback in LOOPBACK[:2]:  # other nodes must reach it: bind on this node's IP
+            if args.control_address.startswith(loopback):
+                port = args.control_address[len(loopback) :]
+                args.control_address = f"tcp://{node_ip}:{port}"
+        fleet_class = RayFleet
     args.model = args.model_arg or args.model
     if args.control_token is None and not args.control_address.startswith(LOOPBACK):
         args.control_token = secrets.token_urlsafe(16)
@@ -166,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
             fleet_config = LocalFleetConfig(
                 n, (*argv, *extra), module, id_prefix=prefix, restart=args.restart_workers, env=env
             )
-            fleets.append(LocalFleet(fleet_config, controller.address, controller.mark_dead))
+            fleets.append(fleet_class(fleet_config, controller.address, controller.mark_dead))
     failure: list[str] = []
     server: uvicorn.Server | None = None
 

@@ -32,6 +32,31 @@ class LocalFleetConfig:
     env: dict[str, str] = field(default_factory=dict)  # added to each worker's environment
 
 
+def worker_args(
+    config: LocalFleetConfig, driver_address: str, instance_id: str, extra_argv: Sequence[str] = ()
+) -> list[str]:
+    """A worker's command line after the interpreter: `-m <module> --driver ... <flags>`.
+    Shared with Ray placement (deploy/ray_fleet.py), whose actors run it on their node."""
+    return [
+        "-m",
+        config.module,
+        "--driver",
+        driver_address,
+        "--instance-id",
+        instance_id,
+        "--heartbeat-s",
+        str(config.heartbeat_s),
+        *config.worker_argv,
+        *extra_argv,
+    ]
+
+
+def start_worker_process(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+    """`python <args>` in its own session, exiting by itself when this process is gone."""
+    cmd = [sys.executable, *args, "--parent-pid", str(os.getpid())]
+    return subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True)
+
+
 class LocalFleet:
     def __init__(
         self,
@@ -55,24 +80,8 @@ class LocalFleet:
         self._watcher = asyncio.create_task(self._watch())
 
     def spawn(self, instance_id: str, extra_argv: Sequence[str] = ()) -> subprocess.Popen:
-        c = self.config
-        cmd = [
-            sys.executable,
-            "-m",
-            c.module,
-            "--driver",
-            self.driver_address,
-            "--instance-id",
-            instance_id,
-            "--parent-pid",
-            str(os.getpid()),
-            "--heartbeat-s",
-            str(c.heartbeat_s),
-            *c.worker_argv,
-            *extra_argv,
-        ]
-        env = {**os.environ, **c.env}
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        args = worker_args(self.config, self.driver_address, instance_id, extra_argv)
+        proc = start_worker_process(args, self.config.env)
         self.procs[instance_id] = proc
         return proc
 
