@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
         if args.attach:
             print("pdserve up: --ray places workers; --attach waits for them", file=sys.stderr)
             return 2
-        from pdserve.deploy.ray_fleet import RayFleet, connect
+        from pdserve.deploy.ray_fleet import RayFleet, connect, disconnect
 
         try:
             node_ip = connect(args.ray)
@@ -219,6 +219,8 @@ def main(args: argparse.Namespace) -> int:
             await controller.close(shutdown_workers=bool(fleets))
             for fleet in fleets:
                 await fleet.close()
+            if args.ray is not None:
+                disconnect()
 
     app = build_app(state, lifespan, enable_debug=args.enable_debug_endpoints)
     server = uvicorn.Server(

@@ -85,6 +85,13 @@ def connect(address: str) -> str:
     return ray.util.get_node_ip_address()
 
 
+def disconnect() -> None:
+    """Leave the cluster (after the fleets are closed): faster than Ray's own exit hook."""
+    import ray
+
+    ray.shutdown()
+
+
 class WorkerActor:
     """The Ray actor: one worker process on the actor's node (threaded: `wait` blocks one
     thread while `where` and `kill_worker` answer on others)."""
@@ -161,7 +168,9 @@ class RayFleet:
     def spawn(self, instance_id: str, extra_argv: Sequence[str] = ()) -> None:
         args = worker_args(self.config, self.driver_address, instance_id, extra_argv)
         name = f"{instance_id}.{uuid.uuid4().hex[:6]}"
-        actor = self.actor_class.options(name=name, **self.actor_options).remote(args, self.config.env)
+        actor = self.actor_class.options(name=name, **self.actor_options).remote(
+            args, self.config.env
+        )
         self.placed[instance_id] = _Placed(actor, actor.wait.remote(), name)
         self._tasks.append(asyncio.create_task(self._report_placement(instance_id, actor)))
 
