@@ -78,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kv-transport", default="nixl", choices=("nixl", "inproc", "cuda_ipc"))
     parser.add_argument(
+        "--prefix-pull",
+        default="off",
+        choices=("off", "cost", "always"),
+        help="pull a longer cached prefix from another instance when the cost model says it is "
+        "faster than recomputing it (cost), or whenever one holds more (always); link as "
+        "--pd-link-gbps / --pd-link-latency-ms",
+    )
+    parser.add_argument(
         "--restart-workers", action="store_true", help="start a local worker again when it exits"
     )
     parser.add_argument(
@@ -100,6 +108,7 @@ def controller_config(args: argparse.Namespace):
     from pdserve.cluster.controller import ControllerConfig
     from pdserve.cluster.pd_router import PDConfig
     from pdserve.cluster.policies import PolicyConfig
+    from pdserve.cluster.pull import PullConfig
 
     slo = None if args.slo_ttft_ms is None else args.slo_ttft_ms / 1000
     policy = PolicyConfig(max_batched_tokens=args.max_num_batched_tokens)
@@ -112,14 +121,17 @@ def controller_config(args: argparse.Namespace):
         slo,
         control_token=args.control_token,
         pd=PDConfig(args.pd_disaggregation, args.pd_link_gbps, args.pd_link_latency_ms / 1000),
+        pull=None
+        if args.prefix_pull == "off"
+        else PullConfig(args.prefix_pull, args.pd_link_gbps, args.pd_link_latency_ms / 1000),
     )
 
 
 def fleet_roles(args: argparse.Namespace) -> list[tuple[str, int, list[str]]]:
     """(id prefix, number, extra worker flags) per group of local workers."""
-    if not (args.prefill or args.decode):
-        return [("worker", args.instances, [])]
     transport = ["--kv-transport", args.kv_transport]
+    if not (args.prefill or args.decode):
+        return [("worker", args.instances, transport if args.prefix_pull != "off" else [])]
     return [
         (role, num, ["--role", role, *transport])
         for role, num in (("prefill", args.prefill), ("decode", args.decode))

@@ -33,6 +33,7 @@ from pdserve.cluster.pending import PendingPrefixes
 from pdserve.cluster.policies import PolicyConfig, admit, make_policy
 from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.cluster.prom import ControllerMetrics
+from pdserve.cluster.pull import PrefixPuller, PullConfig
 from pdserve.cluster.registry import InstanceRecord, Registry
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError, Overloaded, RequestRejected
@@ -58,6 +59,7 @@ class ControllerConfig:
     retry_after_s: int = 1
     control_token: str | None = None  # REGISTER must carry it when set
     pd: PDConfig = PDConfig()
+    pull: PullConfig | None = None  # remote prefix pull between fused instances (off: None)
 
 
 @dataclass(slots=True)
@@ -81,6 +83,7 @@ class Controller:
         self.metrics = metrics or ControllerMetrics()
         self.policy = make_policy(config.routing, config.policy)
         self.pd = PDRouter(self, config.pd)
+        self.puller = PrefixPuller(self, config.pull) if config.pull is not None else None
         self.registry = Registry(config.heartbeat_timeout_s, config.control_token)
         self.index = PrefixIndex()
         self.incarnation = uuid.uuid4().hex[:12]
@@ -225,9 +228,13 @@ class Controller:
                 f"{decision.est_ttft_s * 1000:.0f} ms); retry later",
                 self.config.retry_after_s,
             )
+        if self.puller is not None and (flight := self.puller.maybe_submit(record, req, hashes)):
+            return flight  # submitted once the pull of a longer cached prefix ends
         return self._submit(record, req, hashes, num_matched)
 
-    def _submit(self, record, req: Request, hashes: list[int], num_matched: int) -> _Flight:
+    def _submit(
+        self, record, req: Request, hashes: list[int], num_matched: int, send: bool = True
+    ) -> _Flight:
         """Send `req` to `record` and track it as a flight (its events arrive on the queue)."""
         flight = _Flight(asyncio.Queue(), record.instance_id, time.monotonic(), hashes)
         self._flights[req.request_id] = flight
@@ -235,7 +242,8 @@ class Controller:
         record.num_routed += 1
         record.add_unstarted(req.request_id, max(len(req.prompt_token_ids) - num_matched, 1))
         self.pending.add(record.instance_id, hashes)
-        self._send(record, P.SUBMIT, P.encode_request(req))
+        if send:  # else the caller sends the SUBMIT later (cluster/pull.py)
+            self._send(record, P.SUBMIT, P.encode_request(req))
         return flight
 
     def _release(self, rid: str) -> None:

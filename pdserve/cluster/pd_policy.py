@@ -9,6 +9,12 @@
     mode "cost":   fused when TTFT(decode) <= TTFT(prefill) + transfer, else the pair
     mode "always": the pair whenever a prefill instance is live;  "never": fused on decode
 
+Remote prefix pull (`plan_pull`): when another instance holds more of the prompt's leading
+blocks than the chosen one, pull the difference when that is estimated faster than computing it:
+
+    pull_s      = latency + (holder's blocks - target's blocks) x block bytes / bandwidth + overhead
+    recompute_s = TTFT(target, without the pull) - TTFT(target, with it)
+
 Torch-free, asyncio-free and clock-free (the simulator can run it): time is in the snapshots,
 step times come in as callables, links as `Link`s.
 """
@@ -16,13 +22,14 @@ step times come in as callables, links as `Link`s.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pdserve.cluster.cost_model import Link, estimate_ttft_s
 from pdserve.types import InstanceSnapshot
 
 MODES = ("cost", "always", "never")
+PULL_MODES = ("cost", "always")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +141,65 @@ def choose_pd(
         num_send,
         why,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PullPlan:
+    """The best holder to pull from, and whether to (`is_pull`): refused plans are returned too,
+    so the caller can count the prefix tokens it recomputes instead."""
+
+    holder_id: str
+    num_cached_blocks: int  # leading prompt blocks the target holds already
+    num_blocks: int  # leading prompt blocks it holds after the pull
+    pull_s: float
+    recompute_s: float
+    is_pull: bool
+
+    @property
+    def num_pull_blocks(self) -> int:
+        return self.num_blocks - self.num_cached_blocks
+
+
+def plan_pull(
+    prompt_len: int,
+    block_size: int,
+    target_id: str,
+    matched: Mapping[str, int],
+    holder_ids: Sequence[str],
+    block_bytes: int,
+    link: Callable[[str, str], Link],
+    ttft_s: Callable[[int], float],
+    overhead_s: float = 0.0,
+    mode: str = "cost",
+) -> PullPlan | None:
+    """Whether `target_id` should pull leading prompt blocks from one of `holder_ids`.
+
+    `matched`: instance -> leading prompt blocks cached (the global prefix index);
+    `link(holder, target)`; `ttft_s(num_uncached_tokens)`: the target's estimated TTFT when it
+    computes that many prompt tokens. None when no holder has more usable blocks than the
+    target; otherwise the holder with the largest saving, `is_pull` iff pulling is estimated
+    strictly faster than recomputing (or mode "always")."""
+    if mode not in PULL_MODES:
+        raise ValueError(f"unknown pull mode {mode!r}; choose one of {PULL_MODES}")
+    usable = (prompt_len - 1) // block_size  # the last prompt token is always computed
+    have = min(matched.get(target_id, 0), usable)
+    base_s = None
+    best: PullPlan | None = None
+    for holder_id in holder_ids:
+        num_blocks = min(matched.get(holder_id, 0), usable)
+        if holder_id == target_id or num_blocks <= have:
+            continue
+        if base_s is None:
+            base_s = ttft_s(prompt_len - have * block_size)
+        recompute_s = base_s - ttft_s(prompt_len - num_blocks * block_size)
+        num_bytes = (num_blocks - have) * block_bytes
+        pull_s = link(holder_id, target_id).transfer_s(num_bytes) + overhead_s
+        is_pull = mode == "always" or pull_s < recompute_s
+        plan = PullPlan(holder_id, have, num_blocks, pull_s, recompute_s, is_pull)
+        if best is None or _saving(plan) > _saving(best):
+            best = plan
+    return best
+
+
+def _saving(plan: PullPlan) -> tuple[bool, float, int]:
+    return plan.is_pull, plan.recompute_s - plan.pull_s, plan.num_blocks

@@ -50,6 +50,7 @@ class ClientAborted(Exception):
 
 
 PREFILL_SUFFIX = "@prefill"  # the SEND request's id: its own flight on the prefill instance
+PULL_SUFFIX = "@pull"  # a remote prefix pull's RECEIVE request (cluster/pull.py)
 TRANSFER_BUCKETS_S = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 5)
 
 
@@ -119,7 +120,8 @@ class PDRouter:
         else:
             for data in body[0]:
                 result = P.decode_kv_result(data)
-                self.metrics.observe(result)
+                if not result.request_id.endswith(PULL_SUFFIX):  # cluster/pull.py counts its own
+                    self.metrics.observe(result)
                 self._resolve(self._sent, result)
 
     @staticmethod

@@ -10,6 +10,10 @@ lease only matters when no order ever comes (driver gone, request aborted before
     prefill block table  | b0 | b1 | b2 | b3 |      prompt of 4 blocks, receiver caches 1
     receiver reserved         | d0 | d1 | d2 |      src = blocks[1:4], dst = reservation
 
+Remote prefix pull (an order with `block_hashes`, no request): the holder pins the cached
+blocks of those hashes (held like a SEND request's, under the same lease) and pushes the ones
+the receiver lacks into its reserved blocks; the receiver publishes them in its prefix cache.
+
 Decode side (a RECEIVE request): `drain_reservations` hands the scheduler's reservations to the
 driver; `received(rid, first_token | None)` continues the request (None: recompute locally).
 """
@@ -21,8 +25,9 @@ from dataclasses import dataclass
 
 from pdserve.engine import protocol as P
 from pdserve.kvxfer import Fault, FaultKind, TransferHandle, TransferSpec, TransferStatus
+from pdserve.sched.request import RequestStatus, SchedRequest
 from pdserve.sched.scheduler import Scheduler
-from pdserve.types import KVReservation, TokenEvent
+from pdserve.types import KVReservation, KVRole, SamplingParams, TokenEvent
 
 
 @dataclass(slots=True)
@@ -53,7 +58,14 @@ class KVHandoff:
     def order(self, order: P.KVSendOrder) -> None:
         """The driver's KV_SEND. Usually arrives before the prefill is done; either order works."""
         rid = order.request_id
-        if rid in self.first_tokens:
+        if order.block_hashes:  # remote prefix pull: send cached blocks, no request behind
+            if self._hold_prefix(rid, order.block_hashes):
+                self._start(order, None)
+            else:
+                self._failed.append(
+                    P.KVSendResult(rid, False, 0, 0, 0.0, None, "prefix no longer cached")
+                )
+        elif rid in self.first_tokens:
             self._start(order, self.first_tokens.pop(rid))
         elif rid in self.scheduler.requests:
             self.orders[rid] = order
@@ -130,6 +142,24 @@ class KVHandoff:
             self._failed.append(P.KVSendResult(rid, False, 0, 0, 0.0, first_token_id, error))
             return
         self.sends[rid] = _Send(order, first_token_id, handle, num_blocks, time.monotonic())
+
+    def _hold_prefix(self, request_id: str, block_hashes) -> bool:
+        """Pin the cached blocks of `block_hashes` (every one must be cached) as a SENDING_KV
+        holder, released by `poll` when the send ends or by the scheduler's lease."""
+        sched = self.scheduler
+        if request_id in sched.requests or request_id in sched.sending:
+            return False
+        blocks = sched.kv.prefix_cache.match(block_hashes)
+        if len(blocks) < len(block_hashes):
+            return False
+        holder = SchedRequest(
+            request_id, [], 0, SamplingParams(max_tokens=1), (), 0.0,
+            status=RequestStatus.SENDING_KV, kv_role=KVRole.SEND,
+        )  # fmt: skip
+        if not sched.kv.allocate_slots(holder, 0, blocks):  # takes a reference on each
+            return False
+        sched.sending[request_id] = holder
+        return True
 
     def _peer(self, meta: bytes) -> str:
         name = self._peers.get(meta)

@@ -95,6 +95,9 @@ class KVSendOrder:
     peer_meta: bytes
     num_cached_tokens: int
     dst_block_ids: tuple[int, ...]
+    # Remote prefix pull: not a SEND request's blocks but the cached blocks of these leading
+    # prompt block hashes, pinned by the sender while they move (engine/pd.py, cluster/pull.py).
+    block_hashes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pdserve.cluster.cost_model import Link, estimate_ttft_s
-from pdserve.cluster.pd_policy import Candidate, choose_pd, pick_decode
+from pdserve.cluster.pd_policy import Candidate, choose_pd, pick_decode, plan_pull
 from pdserve.types import InstanceSnapshot
 
 BS = 16
@@ -134,3 +134,63 @@ def test_prefill_without_room_is_skipped_while_another_has_room():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown disaggregation mode 'sometimes'"):
         choose(16, [], [cand("d0")], mode="sometimes")
+
+
+# ---- remote prefix pull -----------------------------------------------------------------------
+
+
+def pull(prompt_len, matched, link=FAST, per_token_s=1e-4, overhead_s=0.0, mode="cost"):
+    """Target "t" with a linear step model (10 ms + per_token_s per prompt token)."""
+    holders = [i for i in matched if i != "t"]
+    return plan_pull(prompt_len, BS, "t", matched, holders, BLOCK_BYTES, lambda h, t: link,
+                     linear(0.01, per_token_s), overhead_s, mode)  # fmt: skip
+
+
+def test_pull_chosen_when_moving_the_blocks_is_faster_than_computing_them():
+    # 30 blocks (480 tokens) at 1 ms/token = 480 ms to compute; 30 MB at 10 GB/s + 1 ms = 4 ms
+    plan = pull(500, {"h": 30}, per_token_s=1e-3)
+    assert (plan.holder_id, plan.num_cached_blocks, plan.num_blocks) == ("h", 0, 30)
+    assert plan.pull_s == pytest.approx(1e-3 + 30 * BLOCK_BYTES / 10e9)
+    assert plan.recompute_s == pytest.approx(480 * 1e-3)
+    assert plan.is_pull
+
+
+def test_pull_refused_when_the_link_is_slower_than_recomputing():
+    # the same 30 blocks over 0.1 GB/s: 300 ms of transfer vs 48 ms of compute at 0.1 ms/token
+    plan = pull(500, {"h": 30}, link=Link(0.1e9, 1e-3), per_token_s=1e-4)
+    assert plan.recompute_s == pytest.approx(0.048)
+    assert plan.pull_s == pytest.approx(0.301)
+    assert not plan.is_pull
+
+
+def test_pull_refused_when_its_fixed_overhead_exceeds_the_saving():
+    plan = pull(40, {"h": 2}, per_token_s=1e-4, overhead_s=0.005)  # saves 3.2 ms, costs 6.2 ms
+    assert not plan.is_pull
+    assert pull(40, {"h": 2}, per_token_s=1e-4, overhead_s=0.005, mode="always").is_pull
+
+
+def test_pull_moves_only_the_blocks_the_target_lacks():
+    plan = pull(500, {"t": 10, "h": 30}, per_token_s=1e-3)
+    assert (plan.num_cached_blocks, plan.num_blocks, plan.num_pull_blocks) == (10, 30, 20)
+    assert plan.recompute_s == pytest.approx(320 * 1e-3)
+    assert plan.pull_s == pytest.approx(1e-3 + 20 * BLOCK_BYTES / 10e9)
+
+
+def test_no_pull_when_no_other_instance_holds_more():
+    assert pull(500, {"t": 30, "h": 30}) is None
+    assert pull(500, {"t": 5}) is None
+
+
+def test_pull_never_takes_the_prompts_last_token():
+    # a 64-token prompt: the last token is computed, so 3 of its 4 blocks can be pulled
+    plan = pull(64, {"h": 4}, per_token_s=1e-3)
+    assert plan.num_blocks == 3
+
+
+def test_pull_prefers_the_holder_with_the_largest_saving():
+    links = {"near": FAST, "far": Link(0.1e9, 1e-3)}
+    holders = {"t": 0, "far": 30, "near": 25}
+    plan = plan_pull(500, BS, "t", holders, ["far", "near"], BLOCK_BYTES,
+                     lambda h, t: links[h], linear(0.01, 1e-3))  # fmt: skip
+    # far: 480 ms saved - 301 ms of transfer; near: 400 ms saved - 3.5 ms
+    assert plan.holder_id == "near" and plan.is_pull
