@@ -19,11 +19,11 @@ import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import zmq
-import zmq.asyncio
 
 from pdserve.cluster import kv_sync
 from pdserve.cluster.block_hasher import BlockHasher
@@ -41,6 +41,7 @@ from pdserve.types import FinishReason, Request, TokenEvent
 
 log = logging.getLogger(__name__)
 MONITOR_PERIOD_S = 0.1
+MAX_DRAIN = 256  # messages handled per wake-up before the loop runs other callbacks
 
 
 class _InstanceLost(Exception):
@@ -62,11 +63,39 @@ class ControllerConfig:
     pull: PullConfig | None = None  # remote prefix pull between fused instances (off: None)
 
 
+class _Events:
+    """A flight's events: `asyncio.Queue`'s put_nowait / get without its bookkeeping (no
+    maxsize, join or task_done). One reader at a time."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self):
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("a flight's events have one reader at a time")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 @dataclass(slots=True)
 class _Flight:
     """A request in flight on one instance."""
 
-    queue: asyncio.Queue
+    queue: _Events
     instance_id: str
     dispatched_s: float
     block_hashes: list[int] = field(default_factory=list)  # in the pending overlay until started
@@ -98,17 +127,27 @@ class Controller:
         self._call_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self._changed = asyncio.Event()  # set on every registration or removal
-        self._ctx = zmq.asyncio.Context()
+        self._fused: tuple[int, list[InstanceRecord]] = (-1, [])  # (registry.version, records)
+        # A plain socket read from the event loop (`_drain`): pyzmq's asyncio socket costs a
+        # future per message. No send high-water mark: a send never waits or drops (the pyzmq
+        # asyncio socket queued unsent frames without bound too).
+        self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.bind(config.address)
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._is_drain_due = False  # a _drain is scheduled on the loop
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._recv_loop()), asyncio.create_task(self._monitor())]
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.FD, self._drain)
+        self._wake()  # frames that arrived before the reader was added
+        self._tasks = [asyncio.create_task(self._monitor())]
 
     async def wait_for_instances(self, num: int, timeout_s: float | None = None) -> None:
         async def wait() -> None:
@@ -129,6 +168,8 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.FD)
         self._sock.close()
         self._ctx.term()
 
@@ -197,10 +238,19 @@ class Controller:
                     self._send(record, P.ABORT, [rid], "abort")
             self._release(rid)
 
+    def _fused_records(self) -> list[InstanceRecord]:
+        """Live fused instances in registration order, rebuilt only when the fleet changed."""
+        version, records = self._fused
+        if version != self.registry.version:
+            records = [r for r in self.registry.live() if r.info.role == "fused"]
+            self._fused = (self.registry.version, records)
+        return records
+
     def _dispatch(self, req: Request, excluded: list[str]) -> _Flight:
         """Route `req` and submit it; Overloaded or EngineDeadError if it cannot go anywhere."""
-        live = self.registry.live()
-        records = [r for r in live if r.instance_id not in excluded and r.info.role == "fused"]
+        records = self._fused_records()
+        if excluded:
+            records = [r for r in records if r.instance_id not in excluded]
         if not records:
             tried = f" (failed on {', '.join(excluded)})" if excluded else ""
             raise EngineDeadError(f"no live instance to run the request{tried}")
@@ -236,7 +286,7 @@ class Controller:
         self, record, req: Request, hashes: list[int], num_matched: int, send: bool = True
     ) -> _Flight:
         """Send `req` to `record` and track it as a flight (its events arrive on the queue)."""
-        flight = _Flight(asyncio.Queue(), record.instance_id, time.monotonic(), hashes)
+        flight = _Flight(_Events(), record.instance_id, time.monotonic(), hashes)
         self._flights[req.request_id] = flight
         record.request_ids[req.request_id] = None
         record.num_routed += 1
@@ -300,13 +350,28 @@ class Controller:
 
     # ---- messages in -----------------------------------------------------------------------
 
-    async def _recv_loop(self) -> None:
-        while True:
-            peer, frame = await self._sock.recv_multipart()
+    def _drain(self) -> None:
+        """Handle the frames waiting on the socket. Its FD signals edge-triggered (and a send
+        may consume the edge), so read until EAGAIN, and `_wake` after every send."""
+        self._is_drain_due = False
+        sock, handle = self._sock, self._handle
+        for _ in range(MAX_DRAIN):
             try:
-                self._handle(peer, *P.unpack(frame))
+                peer, frame = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed
+                return
+            try:
+                handle(peer, *P.unpack(frame))
             except Exception:  # a malformed frame must not stop the fleet
                 log.exception("controller: bad message from %r", peer)
+        self._wake()  # more may wait: let other callbacks run first
+
+    def _wake(self) -> None:
+        if not self._is_drain_due and self._loop is not None:
+            self._is_drain_due = True
+            self._loop.call_soon(self._drain)
 
     def _handle(self, peer: bytes, msg_type: str, body: tuple) -> None:
         now = time.monotonic()
@@ -417,7 +482,8 @@ class Controller:
 
     def _send(self, record: InstanceRecord, msg_type: str, *body) -> None:
         try:
-            self._sock.send_multipart([record.peer, P.pack(msg_type, *body)])
+            self._sock.send_multipart([record.peer, P.pack(msg_type, *body)], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # the peer is gone (ROUTER_MANDATORY)
             if not self._sock.closed:
                 self._remove(record, f"unreachable: {e}")
+        self._wake()

@@ -76,18 +76,27 @@ class ControllerMetrics:
             "Distinct block hashes in the global prefix index.",
             registry=r,
         )
+        # (metric, instance_id) -> labelled child: `labels()` takes a lock and builds its key on
+        # every call; a child is still created on first use only (no empty series)
+        self._children: dict[tuple[object, str], object] = {}
+
+    def _child(self, metric, instance_id: str):
+        child = self._children.get((metric, instance_id))
+        if child is None:
+            child = self._children[metric, instance_id] = metric.labels(instance_id)
+        return child
 
     def observe_route(
         self, instance_id: str, seconds: float, est_ttft_s: float, num_matched_tokens: int
     ) -> None:
         self.route_s.observe(seconds)
-        self.routed.labels(instance_id).inc()
+        self._child(self.routed, instance_id).inc()
         if est_ttft_s == est_ttft_s:  # not nan
-            self.est_ttft.labels(instance_id).observe(est_ttft_s)
+            self._child(self.est_ttft, instance_id).observe(est_ttft_s)
         if num_matched_tokens:
             self.prefix_matched_tokens.inc(num_matched_tokens)
 
     def observe_first_event(self, instance_id: str, ttft_s: float, num_cached: int) -> None:
-        self.ttft.labels(instance_id).observe(ttft_s)
+        self._child(self.ttft, instance_id).observe(ttft_s)
         if num_cached:
-            self.prefix_hit_tokens.labels(instance_id).inc(num_cached)
+            self._child(self.prefix_hit_tokens, instance_id).inc(num_cached)

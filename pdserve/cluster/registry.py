@@ -9,10 +9,20 @@ here sends or receives. An instance is *live* from its REGISTER until it misses 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 
 from pdserve.engine.protocol import WorkerInfo, WorkerStatus
 from pdserve.types import InstanceSnapshot
+
+# snapshot() rebuilds the view on every routed or started request: a positional copy of all
+# fields with three replaced (dataclasses.replace walks fields() and builds kwargs each time).
+_SNAPSHOT_FIELDS = tuple(f.name for f in fields(InstanceSnapshot))
+_snapshot_values = attrgetter(*_SNAPSHOT_FIELDS)
+_WAITING, _WAITING_TOKENS, _RUNNING_TOKENS = (
+    _SNAPSHOT_FIELDS.index(name)
+    for name in ("num_waiting", "num_waiting_tokens", "num_running_tokens")
+)
 
 
 @dataclass(slots=True)
@@ -58,12 +68,11 @@ class InstanceRecord:
         Unstarted requests are waiting or mid-prefill; running ones owe one decode token each."""
         if self._view is None:
             snap = self.status.snapshot if self.status is not None else self._empty_snapshot()
-            self._view = replace(
-                snap,
-                num_waiting=len(self.unstarted),
-                num_waiting_tokens=self.num_unstarted_tokens,
-                num_running_tokens=snap.num_running,
-            )
+            values = list(_snapshot_values(snap))
+            values[_WAITING] = len(self.unstarted)
+            values[_WAITING_TOKENS] = self.num_unstarted_tokens
+            values[_RUNNING_TOKENS] = snap.num_running
+            self._view = InstanceSnapshot(*values)
         return self._view
 
     def _empty_snapshot(self) -> InstanceSnapshot:
@@ -86,6 +95,7 @@ class Registry:
         self.control_token = control_token
         self._by_id: dict[str, InstanceRecord] = {}
         self._by_peer: dict[bytes, InstanceRecord] = {}
+        self.version = 0  # +1 on every registration or removal: callers cache live() by it
         self.num_refused = 0  # REGISTERs with a wrong or missing control token
 
     def __len__(self) -> int:
@@ -120,6 +130,7 @@ class Registry:
         record = InstanceRecord(info, peer, now)
         self._by_id[info.instance_id] = record
         self._by_peer[peer] = record
+        self.version += 1
         return record, old
 
     def heard(self, record: InstanceRecord, status: WorkerStatus | None, now: float) -> None:
@@ -131,6 +142,7 @@ class Registry:
         record = self._by_id.pop(instance_id, None)
         if record is not None:
             self._by_peer.pop(record.peer, None)
+            self.version += 1
         return record
 
     def expired(self, now: float) -> list[InstanceRecord]:
