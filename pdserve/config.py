@@ -65,7 +65,9 @@ class EngineConfig:
     )
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     seed: int = 0
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # no CUDA graphs
+    # Schedule step N+1 while the device runs step N. None = on where it pays (CUDA).
+    async_scheduling: bool | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -126,7 +126,10 @@ def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
     if device.type == "cuda" and not config.enforce_eager:
         log.info("captured decode CUDA graphs in %.1f s", runner.capture_cuda_graphs())
     scheduler = Scheduler(sched_config, num_blocks, cache.block_size, cache.enable_prefix_caching)
-    core = EngineCore(scheduler, runner, instance_id=instance_id)
+    run_ahead = config.async_scheduling
+    if run_ahead is None:
+        run_ahead = device.type == "cuda"
+    core = EngineCore(scheduler, runner, instance_id=instance_id, async_scheduling=run_ahead)
     return Engine(
         core, tokenizer, model_config, replace(config, scheduler=sched_config), device, dtype
     )

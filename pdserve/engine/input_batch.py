@@ -8,6 +8,7 @@ tensors are views of the host buffer itself.
 Fixed region (bytes), each array at a fixed offset sized for the largest step:
 
     | input_ids T | positions T | slot_mapping T | sample_index S |  (int64)
+    | pending_dst S | pending_src S |                                (int64)
     | seq_lens S | query_start_loc S + 1 |                           (int32)
 
 Block table: [num_seqs, width] int32, compact (width = this step's widest row), so a step copies
@@ -32,6 +33,8 @@ class HostInputs:
     positions: np.ndarray  # [T] int64
     slot_mapping: np.ndarray  # [T] int64; -1 = padding, stores nothing
     sample_index: np.ndarray  # [S] int64: row of each sampling seq's last new token
+    pending_dst: np.ndarray  # [S] int64: input row of a pending token (async scheduling)
+    pending_src: np.ndarray  # [S] int64: its index in the previous step's sampled ids
     seq_lens: np.ndarray  # [S] int32
     query_start_loc: np.ndarray  # [S + 1] int32
     block_tables: np.ndarray  # [num_seqs, width] int32 (compact)
@@ -43,6 +46,8 @@ class DeviceInputs:
     positions: torch.Tensor  # [num_tokens] int64
     slot_mapping: torch.Tensor  # [num_tokens] int64
     sample_index: torch.Tensor  # [num_samples] int64
+    pending_dst: torch.Tensor  # [num_pending] int64
+    pending_src: torch.Tensor  # [num_pending] int64
     seq_lens: torch.Tensor  # [num_seqs] int32
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32
     block_tables: torch.Tensor  # [num_seqs, width] int32
@@ -61,7 +66,7 @@ class InputBuffers:
     def _alloc(self, max_num_tokens: int, max_num_seqs: int, width: int) -> None:
         t, s = max_num_tokens, max_num_seqs
         self.max_num_tokens, self.max_num_seqs, self.max_width = t, s, width
-        self._i64 = 3 * t + s
+        self._i64 = 3 * t + 3 * s
         self._i32 = 2 * s + 2  # even, so the region ends 8-byte aligned
         self._fixed_bytes = 8 * self._i64 + 4 * self._i32
         pin = self.is_cuda
@@ -80,7 +85,9 @@ class InputBuffers:
         t, s = self.max_num_tokens, self.max_num_seqs
         i64 = buf[: 8 * self._i64].view(torch.int64)
         i32 = buf[8 * self._i64 :].view(torch.int32)
-        return [i64[:t], i64[t : 2 * t], i64[2 * t : 3 * t], i64[3 * t :], i32[:s], i32[s:]]
+        per_token = [i64[k * t : (k + 1) * t] for k in range(3)]
+        per_seq = [i64[3 * t + k * s : 3 * t + (k + 1) * s] for k in range(3)]
+        return [*per_token, *per_seq, i32[:s], i32[s:]]
 
     def host(self, num_tokens: int, num_seqs: int, width: int) -> HostInputs:
         if self._uploaded is not None:
@@ -98,7 +105,9 @@ class InputBuffers:
         bt = self._host_bt.numpy()[: num_seqs * width].reshape(num_seqs, width)
         return HostInputs(*self._np, bt)
 
-    def upload(self, num_tokens: int, num_seqs: int, width: int, num_samples: int) -> DeviceInputs:
+    def upload(
+        self, num_tokens: int, num_seqs: int, width: int, num_samples: int, num_pending: int = 0
+    ) -> DeviceInputs:
         num_bt = num_seqs * width
         if self.is_cuda:
             self._dev.copy_(self._host, non_blocking=True)
@@ -106,12 +115,14 @@ class InputBuffers:
             if self._uploaded is None:
                 self._uploaded = torch.cuda.Event()
             self._uploaded.record()
-        ids, pos, slots, sample, seq_lens, qsl = self._dev_views
+        ids, pos, slots, sample, dst, src, seq_lens, qsl = self._dev_views
         return DeviceInputs(
             ids[:num_tokens],
             pos[:num_tokens],
             slots[:num_tokens],
             sample[:num_samples],
+            dst[:num_pending],
+            src[:num_pending],
             seq_lens[:num_seqs],
             qsl[: num_seqs + 1],
             self._dev_bt[:num_bt].view(num_seqs, width),

@@ -26,11 +26,26 @@ class StepInputs:
     prompt_rows: list[tuple[ScheduledSeq, int, int]]  # (seq, first row, num prompt targets)
 
 
+@dataclass(slots=True)
+class LaunchedStep:
+    """A step on the device whose sampled ids are not read yet (async scheduling)."""
+
+    sample_rows: list[ScheduledSeq]
+    token_ids: torch.Tensor | None  # [num_samples] on the host once `ready` has happened
+    ready: torch.cuda.Event | None
+    start_s: float
+
+
 class ModelRunner:
     """Runs the model for a scheduler's plans. Implements `sched.plan.Executor`.
 
     On a GPU, pure-decode steps (one new token per seq, at most the largest captured batch)
     replay a CUDA graph once `capture_cuda_graphs()` ran; every other step runs eagerly.
+
+    `launch`/`collect` split a step for async scheduling: `launch` enqueues it and returns at
+    once, with the sampled ids copied to pinned host memory behind it; the next plan's pending
+    tokens (decode seqs whose last token this step samples) are gathered from this step's ids on
+    the device, so the host never waits between steps.
     """
 
     def __init__(
@@ -61,6 +76,12 @@ class ModelRunner:
         self.block_rows = BlockTableRows()
         self.graphs = None  # engine.cuda_graph.DecodeGraphs once captured
         self.timer = StepTimer(enabled=False)
+        # The last launched step's sampled ids on the device, and each request's index in them.
+        self._last_sampled: torch.Tensor | None = None
+        self._last_index: dict[str, int] = {}
+        pin = self.device.type == "cuda"
+        self._host_ids = torch.zeros(2, max_num_seqs, dtype=torch.int64, pin_memory=pin)
+        self._flip = 0
 
     def capture_cuda_graphs(self) -> float:
         """Capture the decode graphs (GPU only); returns the seconds it took."""
@@ -89,13 +110,19 @@ class ModelRunner:
         ids: list[int] = []
         begins, seq_lens = [], []
         sample_rows, sample_index, prompt_rows = [], [], []
+        pending_dst, pending_src = [], []
         row_start = 0
         bt = host.block_tables
         for i, seq in enumerate(seqs):
             req = seq.request
             begin, end = seq.num_computed_tokens, seq.context_len
             if end - begin == 1:
-                ids.append(req.token_ids[begin])
+                if begin < len(req.token_ids):
+                    ids.append(req.token_ids[begin])
+                else:  # sampled by the step still running: gathered on the device below
+                    pending_dst.append(row_start)
+                    pending_src.append(self._last_index[req.request_id])
+                    ids.append(0)
             else:
                 ids.extend(req.token_ids[begin:end])
             num_blocks = -(-end // bs)
@@ -125,6 +152,10 @@ class ModelRunner:
         host.positions[:num_tokens] = positions
         host.slot_mapping[:num_tokens] = bt[seq_index, positions // bs] * bs + positions % bs
         host.sample_index[: len(sample_index)] = sample_index
+        num_pending = len(pending_dst)
+        if num_pending:
+            host.pending_dst[:num_pending] = pending_dst
+            host.pending_src[:num_pending] = pending_src
         if padded_seqs > num_seqs:
             pad = slice(num_tokens, padded_tokens)
             host.input_ids[pad] = 0
@@ -133,7 +164,10 @@ class ModelRunner:
             host.seq_lens[num_seqs:padded_seqs] = 1
             qsl[num_seqs + 1 : padded_seqs + 1] = np.arange(num_tokens + 1, padded_tokens + 1)
             bt[num_seqs:padded_seqs, 0] = 0
-        dev = self.buffers.upload(padded_tokens, padded_seqs, width, len(sample_index))
+        dev = self.buffers.upload(padded_tokens, padded_seqs, width, len(sample_index), num_pending)
+        if num_pending:
+            pending_ids = self._last_sampled.index_select(0, dev.pending_src)
+            dev.input_ids.index_copy_(0, dev.pending_dst, pending_ids)
         query_start_loc_cpu = qsl[: padded_seqs + 1].tolist()
         meta = AttentionMetadata(
             slot_mapping=dev.slot_mapping,
@@ -159,34 +193,94 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
         start = time.perf_counter()
-        for request_id in (*plan.finished_ids, *plan.preempted_ids):
-            self._generators.pop(request_id, None)
-            self.block_rows.drop(request_id)
         result = StepResult()
-        if plan.is_empty:
+        inputs, logits, hidden = self._forward(plan)
+        if inputs is None:
             return result
-        self.timer.start(len(plan.seqs))
-        graph_size = self._graph_size(plan)
-        inputs = self.prepare(plan, pad_to=graph_size or 0)
-        self.timer.prepared(graph_size)
-        hidden = None
-        if graph_size:
-            logits = self.graphs.replay(graph_size, inputs.input_ids, inputs.positions, inputs.meta)
-            logits = logits[: len(inputs.sample_rows)]
-        else:
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache, inputs.meta)
-            logits = None
-            if inputs.sample_rows:
-                logits = self.model.compute_logits(hidden[inputs.sample_index])
-        self.timer.launched()
+        waited = time.perf_counter()
         if logits is not None:
             self._sample(logits, inputs.sample_rows, result)
         for seq, first_row, num_targets in inputs.prompt_rows:
             if num_targets > 0:
                 self._prompt_logprobs(hidden, seq, first_row, num_targets, result)
-        self.timer.synced()
+        self.timer.synced(time.perf_counter() - waited)
         result.duration_s = time.perf_counter() - start
         return result
+
+    def can_launch(self, plan: StepPlan) -> bool:
+        """Whether the plan can run without its tokens' host-side results: no logprobs, prompt
+        logprobs, penalties or min_tokens still to enforce (those execute synchronously)."""
+        for seq in plan.seqs:
+            if seq.needs_prompt_logprobs:
+                return False
+            if seq.samples:
+                req = seq.request
+                params = req.sampling
+                if params.logprobs is not None or params.needs_penalties:
+                    return False
+                if req.num_output_tokens < params.min_tokens:
+                    return False
+        return True
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan) -> LaunchedStep:
+        """Enqueue the step; its sampled ids come from `collect`. Needs `can_launch(plan)`."""
+        start = time.perf_counter()
+        inputs, logits, _ = self._forward(plan)
+        if logits is None:  # nothing samples (a middle prefill chunk)
+            return LaunchedStep([], None, None, start)
+        seqs = inputs.sample_rows
+        if all(_is_plain_greedy(seq) for seq in seqs):
+            token_ids = logits.argmax(dim=-1)
+        else:
+            token_ids = self.sampler(logits, [self._sampling_row(seq) for seq in seqs])
+        self._last_sampled = token_ids
+        self._last_index = {seq.request_id: i for i, seq in enumerate(seqs)}
+        ready = None
+        if self.device.type == "cuda":
+            host = self._host_ids[self._flip, : len(seqs)]
+            self._flip ^= 1
+            host.copy_(token_ids, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            token_ids = host
+        return LaunchedStep(seqs, token_ids, ready, start)
+
+    def collect(self, step: LaunchedStep) -> StepResult:
+        """Wait for a launched step's sampled ids (the step's one host synchronization)."""
+        result = StepResult()
+        waited = time.perf_counter()
+        if step.ready is not None:
+            step.ready.synchronize()
+        if step.token_ids is not None:
+            ids = step.token_ids.tolist()
+            result.sampled_token_ids.update(zip((s.request_id for s in step.sample_rows), ids))
+        self.timer.synced(time.perf_counter() - waited)
+        result.duration_s = time.perf_counter() - step.start_s
+        return result
+
+    def _forward(self, plan: StepPlan) -> tuple[StepInputs | None, torch.Tensor | None, object]:
+        """Drop finished requests' state, then prepare and run the model: -> (inputs, logits of
+        the sampling rows or None, hidden states of an eager step or None)."""
+        for request_id in (*plan.finished_ids, *plan.preempted_ids):
+            self._generators.pop(request_id, None)
+            self.block_rows.drop(request_id)
+        if plan.is_empty:
+            return None, None, None
+        self.timer.start(len(plan.seqs))
+        graph_size = self._graph_size(plan)
+        inputs = self.prepare(plan, pad_to=graph_size or 0)
+        self.timer.prepared(graph_size)
+        hidden = logits = None
+        if graph_size:
+            logits = self.graphs.replay(graph_size, inputs.input_ids, inputs.positions, inputs.meta)
+            logits = logits[: len(inputs.sample_rows)]
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache, inputs.meta)
+            if inputs.sample_rows:
+                logits = self.model.compute_logits(hidden[inputs.sample_index])
+        self.timer.launched()
+        return inputs, logits, hidden
 
     def _graph_size(self, plan: StepPlan) -> int | None:
         """The captured batch size that runs this plan, or None to run it eagerly."""

@@ -1,10 +1,12 @@
 """Optional per-step timing of the runner: where a step's wall time goes (profiling only).
 
-    |-- prepare (CPU) --|-- launch (CPU enqueues kernels) --|-- wait for the sampled ids --|
-                        ^ GPU span starts (event)                    GPU span ends (event) ^
+    host: |-- prepare --|-- launch (enqueue kernels) --|  ...  |-- wait for the sampled ids --|
+    GPU:                ^ span starts (event)    span ends (event) ^   (idle gap) ^ next span
 
-The GPU span is read from CUDA events after the step's own sync, so timing adds no sync.
-Disabled (the default) it costs one attribute check per mark.
+CUDA events are read only in `resolve()`, after the run, so timing adds no synchronization and
+works under async scheduling (where a step's wait happens after the next step's launch). The
+gap before a step's GPU span is the time the GPU sat idle waiting for the host. Disabled (the
+default) it costs one attribute check per mark.
 """
 
 from __future__ import annotations
@@ -21,18 +23,21 @@ class StepTiming:
     num_seqs: int
     prepare_s: float
     launch_s: float
-    wait_s: float
-    gpu_span_s: float  # first to last GPU work of the step, idle gaps included
+    wait_s: float = 0.0  # host blocked on this step's sampled ids
+    gpu_span_s: float = 0.0  # first to last GPU work of the step
+    gpu_gap_s: float = 0.0  # GPU idle between the previous step's span and this one's
 
 
 @dataclass(slots=True)
 class StepTimer:
     enabled: bool = False
     steps: list[StepTiming] = field(default_factory=list)
+    _events: list[tuple] = field(default_factory=list)
+    _num_waited: int = 0
     _marks: list[float] = field(default_factory=list)
     _kind: str = ""
     _num_seqs: int = 0
-    _events: tuple = ()
+    _start_event: object = None
 
     def start(self, num_seqs: int) -> None:
         if self.enabled:
@@ -43,23 +48,41 @@ class StepTimer:
         if self.enabled:
             self._marks.append(time.perf_counter())
             self._kind = "graph" if graph_size else "eager"
-            if torch.cuda.is_available():
-                self._events = tuple(torch.cuda.Event(enable_timing=True) for _ in range(2))
-                self._events[0].record()
+            self._start_event = _record()
 
     def launched(self) -> None:
-        if self.enabled:
-            self._marks.append(time.perf_counter())
-
-    def synced(self) -> None:
-        if not self.enabled or len(self._marks) != 3:
+        if not self.enabled or len(self._marks) != 2:
             return
-        gpu_s = 0.0
-        if self._events:
-            self._events[1].record()
-            self._events[1].synchronize()
-            gpu_s = self._events[0].elapsed_time(self._events[1]) / 1e3
-        t0, t1, t2 = self._marks
-        t3 = time.perf_counter()
-        self.steps.append(StepTiming(self._kind, self._num_seqs, t1 - t0, t2 - t1, t3 - t2, gpu_s))
+        t0, t1 = self._marks
+        self.steps.append(StepTiming(self._kind, self._num_seqs, t1 - t0, time.perf_counter() - t1))
+        self._events.append((self._start_event, _record()))
         self._marks = []
+
+    def synced(self, wait_s: float) -> None:
+        """The oldest step not yet waited for has its ids on the host after `wait_s`."""
+        if self.enabled and self._num_waited < len(self.steps):
+            self.steps[self._num_waited].wait_s = wait_s
+            self._num_waited += 1
+
+    def resolve(self) -> list[StepTiming]:
+        """Read the GPU spans and gaps (synchronizes the device); -> the steps so far."""
+        if torch.cuda.is_available() and self._events:
+            torch.cuda.synchronize()
+            prev_end = None
+            for step, (begin, end) in zip(self.steps, self._events):
+                step.gpu_span_s = begin.elapsed_time(end) / 1e3
+                if prev_end is not None:
+                    step.gpu_gap_s = max(prev_end.elapsed_time(begin) / 1e3, 0.0)
+                prev_end = end
+        return self.steps
+
+    def reset(self) -> None:
+        self.steps, self._events, self._num_waited = [], [], 0
+
+
+def _record():
+    if not torch.cuda.is_available():
+        return None
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event

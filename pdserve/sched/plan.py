@@ -15,12 +15,17 @@ class ScheduledSeq:
     """One request's share of a step: compute tokens [num_computed_tokens, + num_new_tokens).
 
     `request` is the live scheduling state; executors read it (token_ids, block_ids, sampling)
-    and never change it. `request.block_ids` already holds blocks for every new token.
+    and never change it. `request.block_ids` already holds blocks for every new token. Under
+    async scheduling the last new token of a decode seq may be pending (sampled by the step still
+    running): the executor takes it from that step's output on the device.
     """
 
     request: SchedRequest
     num_computed_tokens: int
     num_new_tokens: int
+    # Whether this step samples a new token for the request: it computes the request's last
+    # token (known or pending) and the request may still generate. Fixed when scheduled.
+    samples: bool = False
 
     @property
     def request_id(self) -> str:
@@ -34,12 +39,6 @@ class ScheduledSeq:
     @property
     def is_prefill(self) -> bool:
         return self.context_len <= self.request.prompt_len
-
-    @property
-    def samples(self) -> bool:
-        """Whether this step samples a new token for the request (its last known token is
-        computed, and it may still generate)."""
-        return self.context_len == self.request.num_tokens and self.request.sampling.max_tokens > 0
 
     @property
     def needs_prompt_logprobs(self) -> bool:

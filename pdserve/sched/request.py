@@ -45,6 +45,9 @@ class SchedRequest:
     seq_no: int = 0  # admission order, the FCFS tie-breaker
     kv_role: KVRole | None = None
     lease_deadline_s: float | None = None  # SENDING_KV: blocks are released at this time
+    # Tokens sampled by scheduled steps whose results are not in yet (async scheduling: step N+1
+    # is planned while step N runs). Their positions count as computed; their ids are not known.
+    num_pending: int = 0
 
     @classmethod
     def from_request(cls, req: Request, block_size: int, seq_no: int) -> SchedRequest:

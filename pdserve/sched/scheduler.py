@@ -64,6 +64,7 @@ class Scheduler:
         self._reservations: list[KVReservation] = []
         self.stats = SchedulerStats()
         self._finished_ids: list[str] = []
+        self._deferred_frees: list[SchedRequest] = []  # ended while in a running step
         self._num_waiting_tokens = 0  # sum of num_tokens over waiting (none has computed any)
         self._step_id = 0
         self._seq_no = 0
@@ -166,7 +167,10 @@ class Scheduler:
                 break
             if req.status is not RequestStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            num_new = self._chunk(req.num_tokens - req.num_computed_tokens, budget)
+            if req.num_pending and self._pending_ends(req):
+                continue  # its in-flight token is its last: nothing more to compute
+            num_left = req.num_tokens + req.num_pending - req.num_computed_tokens
+            num_new = self._chunk(num_left, budget)
             if num_new <= 0:
                 continue
             while not self.kv.allocate_slots(req, num_new):
@@ -208,13 +212,23 @@ class Scheduler:
             scheduled[req.request_id] = ScheduledSeq(req, num_hit, num_new)
             budget -= num_new
 
+        seqs = []
         for seq in scheduled.values():
-            seq.request.num_computed_tokens += seq.num_new_tokens
-            self.kv.publish_full_blocks(seq.request, seq.request.num_computed_tokens)
+            req = seq.request
+            req.num_computed_tokens += seq.num_new_tokens
+            samples = (
+                req.num_computed_tokens == req.num_tokens + req.num_pending
+                and req.sampling.max_tokens > 0
+            )
+            if samples:
+                req.num_pending += 1
+                seq = ScheduledSeq(req, seq.num_computed_tokens, seq.num_new_tokens, True)
+            seqs.append(seq)
+            self.kv.publish_full_blocks(req, req.num_computed_tokens)
 
         plan = StepPlan(
             step_id=self._step_id,
-            seqs=tuple(scheduled.values()),
+            seqs=tuple(seqs),
             num_batched_tokens=self.config.max_num_batched_tokens - budget,
             preempted_ids=tuple(preempted),
             finished_ids=tuple(self._finished_ids),
@@ -224,10 +238,17 @@ class Scheduler:
         return plan
 
     def update(self, plan: StepPlan, result: StepResult, now: float) -> list[TokenEvent]:
-        """Apply a step's sampled tokens; return one event per request that produced output."""
+        """Apply a step's sampled tokens; return one event per request that produced output.
+
+        Under async scheduling the next plan is already out: a request may have been preempted
+        since (its token still counts), and one that ends here may be in that plan (its blocks
+        are freed at the next update, once that step is done writing them)."""
+        self._free_deferred()
         events = []
         for seq in plan.seqs:
             req = seq.request
+            if seq.samples:
+                req.num_pending -= 1
             if req.is_finished:  # ended while the step ran
                 continue
             chunk_logprobs = result.prompt_logprobs.get(req.request_id)
@@ -240,6 +261,8 @@ class Scheduler:
                     self._finish(req, FinishReason.LENGTH)
                 continue
             req.append_token(token_id, self.block_size)
+            if req.status is RequestStatus.PREEMPTED:
+                self._num_waiting_tokens += 1
             self.stats.generation_tokens += 1
             reason = self._stop_reason(req, token_id)
             events.append(
@@ -339,6 +362,19 @@ class Scheduler:
         self.stats.num_preemptions += 1
         self._push_waiting(req, front=True)
 
+    def _pending_ends(self, req: SchedRequest) -> bool:
+        """Whether the request's pending tokens reach its length limit (so it finishes then)."""
+        ahead = req.num_output_tokens + req.num_pending
+        return (
+            ahead >= req.sampling.max_tokens
+            or req.num_tokens + req.num_pending >= self.max_model_len
+        )
+
+    def _free_deferred(self) -> None:
+        for req in self._deferred_frees:
+            self.kv.free(req)
+        self._deferred_frees.clear()
+
     def _stop_reason(self, req: SchedRequest, token_id: int) -> FinishReason | None:
         sampling = req.sampling
         num_output = req.num_output_tokens
@@ -380,7 +416,10 @@ class Scheduler:
             req.status = RequestStatus.SENDING_KV
             self.sending[req.request_id] = req
         else:
-            self.kv.free(req)
+            if req.num_pending:  # a step still running writes its blocks
+                self._deferred_frees.append(req)
+            else:
+                self.kv.free(req)
             req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         del self.requests[req.request_id]

@@ -40,7 +40,11 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--model", args.model, "--dtype", args.dtype, "--device", args.device,
             "--block-size", str(args.block_size), "--max-num-seqs", str(args.max_num_seqs),
             "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-            "--max-model-len", str(args.max_model_len), "--seed", str(args.seed)]  # fmt: skip
+            "--max-model-len", str(args.max_model_len), "--seed", str(args.seed),
+            "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+            "--async-scheduling", args.async_scheduling]  # fmt: skip
+    if args.enforce_eager:
+        argv.append("--enforce-eager")
     if args.num_blocks is not None:
         argv += ["--num-blocks", str(args.num_blocks)]
     if args.no_prefix_caching:
