@@ -45,7 +45,6 @@ from pdserve.config import env_str
 from pdserve.deploy.local import LocalFleetConfig, start_worker_process, worker_args
 
 WATCH_PERIOD_S = 0.1
-DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,7 @@ def has_ray_token() -> bool:
     """A token where Ray looks for one: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
     if env_str("RAY_AUTH_TOKEN").strip():
         return True
-    path = Path(env_str("RAY_AUTH_TOKEN_PATH") or DEFAULT_TOKEN_PATH)
+    path = Path(env_str("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     return path.is_file() and bool(path.read_text().strip())
 
 
@@ -153,7 +152,6 @@ class RayFleet:
             max_restarts=0,  # a lost worker comes back through `restart`, as a new incarnation
         )
         self.placed: dict[str, _Placed] = {}
-        self.placements: dict[str, dict] = {}  # instance_id -> WorkerActor.where()
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -172,6 +170,7 @@ class RayFleet:
             args, self.config.env
         )
         self.placed[instance_id] = _Placed(actor, actor.wait.remote(), name)
+        self._tasks = [task for task in self._tasks if not task.done()]
         self._tasks.append(asyncio.create_task(self._report_placement(instance_id, actor)))
 
     async def _report_placement(self, instance_id: str, actor) -> None:
@@ -179,7 +178,6 @@ class RayFleet:
             where = await asyncio.wrap_future(actor.where.remote().future())
         except Exception:  # died before it answered: the watcher reports that
             return
-        self.placements[instance_id] = where
         gpus = f", GPU {','.join(where['gpu_ids'])}" if where["gpu_ids"] else ""
         print(
             f"[pdserve] {instance_id}: Ray actor on node {where['node_id'][:12]} "
@@ -198,11 +196,13 @@ class RayFleet:
 
         while True:
             await asyncio.sleep(WATCH_PERIOD_S)
-            for instance_id, placed in list(self.placed.items()):
-                ready, _ = ray.wait([placed.exited], timeout=0)
-                if not ready:
-                    continue
-                del self.placed[instance_id]
+            by_ref = {placed.exited: instance_id for instance_id, placed in self.placed.items()}
+            if not by_ref:
+                continue
+            ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
+            for ref in ready:
+                instance_id = by_ref[ref]
+                placed = self.placed.pop(instance_id)
                 self.on_exit(instance_id, _exit_reason(placed))
                 ray.kill(placed.actor, no_restart=True)
                 if self.config.restart:
@@ -234,7 +234,7 @@ def _exit_reason(placed: _Placed) -> str:
 
     try:
         code = ray.get(placed.exited)
-    except ray.exceptions.RayActorError as e:
+    except ray.exceptions.RayError as e:  # RayActorError: killed, or its node lost
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"Ray actor {placed.name} died: {first_line}"
     return f"worker process in Ray actor {placed.name} exited (code {code})"

@@ -8,6 +8,7 @@ address is its job. The test itself joins the cluster as a second driver to look
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -36,39 +37,49 @@ GONE_TIMEOUT_S = 15
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The two nodes, and this process joined as a driver (token mode set before ray's import,
-    which is when Ray reads it)."""
     local = start_two_nodes()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@contextlib.contextmanager
+def joined(cluster: LocalRayCluster):
+    """This process as a second driver, once both nodes are up (token mode is set before ray's
+    import, which is when Ray reads it)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "token")
-        mp.setenv("RAY_AUTH_TOKEN", local.token)
+        mp.setenv("RAY_AUTH_TOKEN", cluster.token)
         import ray
 
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         try:
-            ray.init(address=local.address, logging_level="WARNING", log_to_driver=False)
             deadline = time.monotonic() + NODE_JOIN_TIMEOUT_S
             while sum(node["Alive"] for node in ray.nodes()) < 2:
                 assert time.monotonic() < deadline, "the second Ray node did not join"
                 time.sleep(0.2)
-            yield local
+            yield
         finally:
             ray.shutdown()
-            local.stop()
 
 
 @pytest.fixture(scope="module")
 def ray_fleet(cluster: LocalRayCluster):
+    """`pdserve up --ray`, started while the second node is still joining (Ray queues the
+    actor that needs it)."""
     port = free_port()
     cmd = [sys.executable, "-m", "pdserve.cli", "up", TINY_MODEL, "--ray", cluster.address,
            "--instances", "2", "--port", str(port), "--worker-threads", "1",
            "--max-model-len", "128", "--num-blocks", "64", "--routing", "round_robin"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_TOKEN": cluster.token}
-    env.pop("RAY_AUTH_MODE")  # pdserve must turn token mode on by itself
+    env.pop("RAY_AUTH_MODE", None)  # pdserve must turn token mode on by itself
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(proc, url, "pdserve up --ray")
-        yield proc, url
+        with joined(cluster):
+            wait_healthy(proc, url, "pdserve up --ray")
+            yield proc, url
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -115,6 +126,24 @@ def metric(url: str, name: str) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             samples[key[len(name) :]] = float(value)
     return samples
+
+
+@pytest.mark.parametrize("source", ["env", "path", "home", "empty file", "none"])
+def test_a_ray_token_is_found_where_ray_looks(source, tmp_path, monkeypatch):
+    from pdserve.deploy.ray_fleet import has_ray_token
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t").write_text("" if source == "empty file" else "abc123")
+    if source == "env":
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "abc123")
+    elif source in ("path", "empty file"):
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    elif source == "home":
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("abc123\n")
+    assert has_ray_token() is (source in ("env", "path", "home"))
 
 
 def test_each_worker_is_a_ray_actor_and_they_span_both_nodes(cluster, actors):
