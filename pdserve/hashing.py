@@ -6,29 +6,31 @@ hashes mean equal prefixes. The hash is stable across processes and machines (no
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from collections.abc import Sequence
+from hashlib import blake2b
 
 NONE_HASH = 0  # parent of the first block
 
 
 def hash_block(parent_hash: int, token_ids: Sequence[int], extra: bytes = b"") -> int:
     """64-bit hash of one full block chained on its parent's hash."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(parent_hash.to_bytes(8, "little"))
-    h.update(array("q", token_ids).tobytes())
-    if extra:
-        h.update(extra)
-    return int.from_bytes(h.digest(), "little")
+    data = parent_hash.to_bytes(8, "little") + array("q", token_ids).tobytes() + extra
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
 
 
 def hash_blocks(
     token_ids: Sequence[int], block_size: int, parent_hash: int = NONE_HASH, start: int = 0
 ) -> list[int]:
-    """Hashes of the full blocks of `token_ids[start:]` (`start` a multiple of `block_size`)."""
+    """Hashes of the full blocks of `token_ids[start:]` (`start` a multiple of `block_size`).
+
+    The same chain as `hash_block` block by block, with the token bytes made once: a block's
+    digest is its hash's 8 little-endian bytes, so it feeds the next block as is."""
+    data = array("q", token_ids[start:]).tobytes()
+    step = 8 * block_size
+    parent = parent_hash.to_bytes(8, "little")
     hashes = []
-    for begin in range(start, len(token_ids) - block_size + 1, block_size):
-        parent_hash = hash_block(parent_hash, token_ids[begin : begin + block_size])
-        hashes.append(parent_hash)
+    for begin in range(0, len(data) - step + 1, step):
+        parent = blake2b(parent + data[begin : begin + step], digest_size=8).digest()
+        hashes.append(int.from_bytes(parent, "little"))
     return hashes

@@ -49,12 +49,14 @@ class BlockPool:
         num_free = self.num_free_blocks
         if num_blocks > num_free:
             raise RuntimeError(f"asked for {num_blocks} blocks, {num_free} free")
-        num_fresh = min(num_blocks, self._num_blocks - len(self.blocks))
-        taken = [Block(len(self.blocks) + i, ref_cnt=1) for i in range(num_fresh)]
-        self.blocks.extend(taken)
+        blocks = self.blocks
+        first_fresh = len(blocks)
+        num_fresh = min(num_blocks, self._num_blocks - first_fresh)
+        taken = [Block(block_id, 1) for block_id in range(first_fresh, first_fresh + num_fresh)]
+        blocks.extend(taken)
+        popitem = self._free_queue.popitem
         for _ in range(num_blocks - num_fresh):
-            block_id, _ = self._free_queue.popitem(last=False)
-            block = self.blocks[block_id]
+            block = blocks[popitem(last=False)[0]]
             if block.block_hash is not None:
                 if self.on_evict is not None:
                     self.on_evict(block)

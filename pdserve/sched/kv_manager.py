@@ -49,39 +49,49 @@ class KVManager:
         """Make room for `num_new_tokens` more tokens after `req.num_computed_tokens` (plus the
         prefix hit `hit_blocks`, taken by a request that holds no blocks yet)."""
         held = self._blocks.get(req.request_id)
-        num_computed = req.num_computed_tokens + len(hit_blocks) * self.block_size
+        block_size = self.block_size
+        if not hit_blocks:  # a running request's next chunk, or an admission without a hit
+            num_held = len(held) if held is not None else 0
+            num_needed = -(-(req.num_computed_tokens + num_new_tokens) // block_size) - num_held
+            if num_needed <= 0:
+                return True  # the common decode step: the last block still has room
+            if num_needed > self.pool.num_free_blocks:
+                return False
+            new_blocks = self.pool.allocate(num_needed)
+            if held is None:
+                held = self._blocks[req.request_id] = []
+            held.extend(new_blocks)
+            req.block_ids.extend([b.block_id for b in new_blocks])
+            return True
+        num_computed = req.num_computed_tokens + len(hit_blocks) * block_size
         num_held = len(held) if held is not None else 0
-        num_needed = (
-            cdiv(num_computed + num_new_tokens, self.block_size) - num_held - len(hit_blocks)
-        )
-        if num_needed <= 0 and not hit_blocks:
-            return True  # the common decode step: the last block still has room
+        num_needed = cdiv(num_computed + num_new_tokens, block_size) - num_held - len(hit_blocks)
         # Hit blocks nobody uses sit in the free queue: reviving them takes from the same supply.
         num_revived = sum(1 for b in hit_blocks if b.ref_cnt == 0)
         if num_needed > self.pool.num_free_blocks - num_revived:
             return False
-        if hit_blocks:
-            self.pool.touch(hit_blocks)
+        self.pool.touch(hit_blocks)
         new_blocks = self.pool.allocate(max(num_needed, 0))
         blocks = self._blocks.setdefault(req.request_id, [])
         blocks.extend(hit_blocks)
         blocks.extend(new_blocks)
         req.block_ids.extend(b.block_id for b in (*hit_blocks, *new_blocks))
-        if hit_blocks:
-            self._num_published[req.request_id] = len(hit_blocks)
+        self._num_published[req.request_id] = len(hit_blocks)
         return True
 
     def publish_full_blocks(self, req: SchedRequest, num_computed_tokens: int) -> None:
         """Put the request's full blocks whose KV is (being) computed into the prefix cache."""
+        end = min(num_computed_tokens // self.block_size, len(req.block_hashes))
+        start = self._num_published.get(req.request_id, 0)
+        if end <= start:
+            return  # most steps: no block filled up
         blocks = self._blocks.get(req.request_id)
         if not blocks:
             return
-        start = self._num_published.get(req.request_id, 0)
-        end = min(num_computed_tokens // self.block_size, len(req.block_hashes))
+        hashes, insert = req.block_hashes, self.prefix_cache.insert
         for i in range(start, end):
-            parent = req.block_hashes[i - 1] if i > 0 else NONE_HASH
-            self.prefix_cache.insert(blocks[i], req.block_hashes[i], parent)
-        self._num_published[req.request_id] = max(start, end)
+            insert(blocks[i], hashes[i], hashes[i - 1] if i > 0 else NONE_HASH)
+        self._num_published[req.request_id] = end
 
     def free(self, req: SchedRequest) -> None:
         blocks = self._blocks.pop(req.request_id, [])

@@ -99,10 +99,12 @@ class SimCluster:
         self._next_turn: dict[tuple[int, int], BenchRequest] = {}  # (session, turn) -> request
         self._sampling: dict[int, SamplingParams] = {}
         self.is_pd = any(i.role == "prefill" for i in self.instances)
+        self._live_by_role: dict[str, list[SimInstance]] = {}  # cleared when one dies or returns
 
     # ---- running -------------------------------------------------------------------------
 
     def run(self, requests: Sequence[BenchRequest]) -> SimResult:
+        arrivals = []
         for req in requests:
             self._reqs[req.request_id] = _ReqState(
                 req, RequestTimeline(req.arrival_s, req.prompt_len)
@@ -110,7 +112,9 @@ class SimCluster:
             if req.session_id is not None and req.turn > 0:
                 self._next_turn[(req.session_id, req.turn)] = req  # sent when turn - 1 ends
             else:
-                self.loop.push(req.arrival_s, Arrival(req))
+                arrivals.append((req.arrival_s, Arrival(req)))
+        arrivals.sort(key=lambda a: a[0])  # stable: ties keep the workload's order
+        self.loop.preload(arrivals)
         for time_s, instance_id, downtime_s in self.config.failures:
             self.loop.push(time_s, InstanceFailure(self.by_id[instance_id]))
             self.loop.push(time_s + downtime_s, InstanceRestart(self.by_id[instance_id]))
@@ -152,8 +156,7 @@ class SimCluster:
 
     def on_arrival(self, bench: BenchRequest, now: float) -> None:
         state = self._reqs[bench.request_id]
-        roles = ("prefill",) if self.is_pd else ("fused",)
-        candidates = [i for i in self.instances if i.is_alive and i.role in roles]
+        candidates = self._live("prefill" if self.is_pd else "fused")
         if not candidates:
             self._fail(state, now, "no live instance")
             return
@@ -188,13 +191,15 @@ class SimCluster:
                 else:
                     self._finish(state, now)
         inst.publish(now)
-        self.index.apply(inst.instance_id, inst.kv_seq_no, inst.scheduler.drain_kv_events())
-        inst.kv_seq_no += 1
+        kv_events = inst.scheduler.drain_kv_events()
+        if kv_events:  # a step that stored or evicted nothing sends no batch
+            self.index.apply(inst.instance_id, inst.kv_seq_no, kv_events)
+            inst.kv_seq_no += 1
         if inst.scheduler.has_unfinished:
             self._start(inst, now)
 
     def _hand_off(self, state: _ReqState, src: SimInstance, now: float) -> None:
-        decodes = [i for i in self.instances if i.is_alive and i.role == "decode"]
+        decodes = self._live("decode")
         if not decodes:
             self._fail(state, now, "no live decode instance")
             return
@@ -224,6 +229,7 @@ class SimCluster:
         max_retries), the others end with an error; its index entries go."""
         inst.is_alive = False
         inst.incarnation += 1
+        self._live_by_role.clear()
         for request_id in list(inst.scheduler.requests):
             state = self._reqs[request_id]
             if not state.timeline.token_times_s and state.num_retries < self.config.max_retries:
@@ -238,10 +244,19 @@ class SimCluster:
     def on_restart(self, inst: SimInstance, now: float) -> None:
         inst.restart()
         inst.is_alive = True
+        self._live_by_role.clear()
         inst.publish(now)
         self.index.replace_instance(inst.instance_id, [], 0)
         if self.trace is not None:
             self.trace.instant(inst, "restart", now)
+
+    def _live(self, role: str) -> list[SimInstance]:
+        """The live instances of a role, in fleet order (do not mutate)."""
+        live = self._live_by_role.get(role)
+        if live is None:
+            live = [i for i in self.instances if i.is_alive and i.role == role]
+            self._live_by_role[role] = live
+        return live
 
     # ---- request ends --------------------------------------------------------------------
 

@@ -94,24 +94,69 @@ class InstanceRestart(Event):
 
 
 class EventLoop:
-    """A heap of (time_s, priority, sequence number, event); `run` fires them in order."""
+    """A heap of (time_s, priority, sequence number, event); `run` fires them in order.
+
+    Events known before the run starts (a workload's arrivals: up to millions) may instead be
+    given once to `preload`, sorted by time: they stay in that list, merged with the heap as the
+    loop runs, and count as pushed before anything else (at equal time and priority they fire
+    first, in their list order), which is exactly where pushing them first would put them. The
+    heap then holds only what the run itself schedules (about one event per instance), so its
+    operations stay cheap.
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, int, Event]] = []
         self._seq = itertools.count()
+        self._preloaded: list[tuple[float, Event]] = []
+        self._next_preloaded = 0
         self.now = 0.0
         self.num_fired = 0
 
     def push(self, time_s: float, event: Event) -> None:
         heapq.heappush(self._heap, (time_s, event.priority, next(self._seq), event))
 
+    def preload(self, events: list[tuple[float, Event]]) -> None:
+        """Events sorted by time (ties: in list order), before any `push`."""
+        if self._heap or self._preloaded:
+            raise RuntimeError("preload once, before anything is pushed")
+        if any(events[i][0] > events[i + 1][0] for i in range(len(events) - 1)):
+            raise ValueError("preloaded events must be sorted by time")
+        self._preloaded = events
+
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + len(self._preloaded) - self._next_preloaded
 
     def run(self, sim: Any, until_s: float = float("inf")) -> None:
         heap, pop = self._heap, heapq.heappop
-        while heap and heap[0][0] <= until_s:
-            time_s, _, _, event = pop(heap)
-            self.now = time_s
-            event.fire(sim, time_s)
-            self.num_fired += 1
+        pre, i, num_pre = self._preloaded, self._next_preloaded, len(self._preloaded)
+        num_fired = self.num_fired
+        try:
+            while True:
+                if i < num_pre:
+                    time_s, event = pre[i]
+                    if heap:
+                        top = heap[0]
+                        # the heap's event first only if strictly earlier in (time, priority):
+                        # at a tie the preloaded one was pushed first
+                        if top[0] < time_s or (top[0] == time_s and top[1] < event.priority):
+                            time_s, event = top[0], top[3]
+                            if time_s > until_s:
+                                break
+                            pop(heap)
+                        elif time_s > until_s:
+                            break
+                        else:
+                            i += 1
+                    elif time_s > until_s:
+                        break
+                    else:
+                        i += 1
+                elif heap and heap[0][0] <= until_s:
+                    time_s, _, _, event = pop(heap)
+                else:
+                    break
+                self.now = time_s
+                event.fire(sim, time_s)
+                num_fired += 1
+        finally:
+            self._next_preloaded, self.num_fired = i, num_fired
