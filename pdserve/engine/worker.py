@@ -132,7 +132,7 @@ class Worker:
         if events:
             self.send(P.TOKENS, [P.encode_event(ev) for ev in events])
         if self.handoff is not None:
-            self.handoff.after_step(events)
+            self.handoff.on_events(events)
         self.publish_kv_events()
 
     def publish_handoff(self) -> None:
@@ -147,7 +147,7 @@ class Worker:
     def has_work(self) -> bool:
         """Something to compute: requests waiting for remote KV alone do not spin the loop."""
         sched = self.core.scheduler
-        return len(sched.requests) > len(sched.receiving)
+        return len(sched.requests) > len(sched.receiving) or self.core.has_step_in_flight
 
     def publish_kv_events(self) -> None:
         kv_events = self.core.scheduler.drain_kv_events()
@@ -270,13 +270,16 @@ def _handoff(args, engine, incarnation: str):
     kind = args.kv_transport or ("nixl" if args.role != "fused" else None)
     if kind is None:
         return None
-    from pdserve.engine.pd import make_handoff
+    from pdserve.engine.pd import StreamingExecutor, make_handoff
 
     sched = engine.core.scheduler
     if args.kv_lease_s is not None:
         sched.config = replace(sched.config, kv_lease_s=args.kv_lease_s)
     name = f"{args.instance_id}-{incarnation}"
-    return make_handoff(sched, engine.core.executor.kv_cache, kind, name)
+    runner = engine.core.executor
+    handoff = make_handoff(sched, runner.kv_cache, kind, name)
+    engine.core.executor = StreamingExecutor(runner, runner.model, handoff)  # layer streaming
+    return handoff
 
 
 def _build(args, progress):

@@ -12,7 +12,7 @@ Parameter names mirror HF's except the fused projections:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
@@ -150,6 +150,9 @@ class LlamaForCausalLM(nn.Module):
         else:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("cos_sin", self.make_cos_sin(), persistent=False)
+        # Called with each layer's index once its forward is queued (engine/pd.py streams that
+        # layer's KV out while the next ones compute); None outside such steps.
+        self.layer_hook: Callable[[int], None] | None = None
 
     def make_cos_sin(self) -> torch.Tensor:
         """[max_position_embeddings, head_dim] float32 (cos half | sin half) on the default
@@ -180,6 +183,8 @@ class LlamaForCausalLM(nn.Module):
         residual = None
         for i, layer in enumerate(self.model.layers):
             hidden, residual = layer(positions, hidden, residual, self.cos_sin, kv_cache[i], meta)
+            if self.layer_hook is not None:
+                self.layer_hook(i)
         norm = self.model.norm
         hidden, _ = self.ops.add_rms_norm(hidden, residual, norm.weight, norm.eps)
         return hidden

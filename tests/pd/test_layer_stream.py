@@ -1,0 +1,147 @@
+"""Layer-streamed sends (engine/pd.py StreamingExecutor) in one process: a prefill engine streams
+a SEND request's KV into a decode engine's reserved blocks over the in-process transport; the
+last prompt chunk goes one transfer per layer while the model still runs, earlier chunks' full
+blocks go once written. Outputs equal one fused engine's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pdserve.engine import protocol as P
+from pdserve.engine.llm import LLM
+from pdserve.engine.pd import KVHandoff, StreamingExecutor
+from pdserve.kvxfer.inproc import InProcFabric, InProcTransport
+from pdserve.types import KVRole, Request, SamplingParams
+from tests.cluster.harness import TINY_MODEL
+
+BS = 16
+MAX_TOKENS = 6
+NUM_LAYERS = 2  # dummy:tiny-llama
+
+
+def make_llm(**kwargs) -> LLM:
+    return LLM(TINY_MODEL, max_model_len=256, num_blocks=64, block_size=BS, **kwargs)
+
+
+class FlagRunner:
+    """The real runner, noting whether the model is running right now."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.in_step = False
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def execute(self, plan):
+        self.in_step = True
+        try:
+            return self.runner.execute(plan)
+        finally:
+            self.in_step = False
+
+
+class RecordingTransport(InProcTransport):
+    """In-process transport that records every send: (layer range, blocks, model running?)."""
+
+    def __init__(self, name, fabric, runner: FlagRunner):
+        super().__init__(name, fabric)
+        self.runner = runner
+        self.sent: list[tuple[int, int | None, int, bool]] = []
+        self.block_pairs: dict[int, int] = {}  # src block id -> dst block id
+
+    def send(self, spec):
+        src, dst = list(spec.src_block_ids), list(spec.dst_block_ids)
+        self.sent.append((spec.layer_start, spec.layer_end, len(src), self.runner.in_step))
+        self.block_pairs.update(zip(src, dst))
+        return super().send(spec)
+
+
+@pytest.fixture(scope="module")
+def fused():
+    return make_llm()
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+def hand_off(prompt: list[int], max_num_batched_tokens: int = 2048):
+    """One request prefilled on a streaming sender, decoded on a receiver. Returns (output token
+    ids, the sender's recorded sends, whether every sent block is equal on both sides)."""
+    sender, receiver = make_llm(max_num_batched_tokens=max_num_batched_tokens), make_llm()
+    fabric = InProcFabric()
+    runner = FlagRunner(sender.core.executor)
+    transport = RecordingTransport("prefill", fabric, runner)
+    meta = transport.register(runner.kv_cache)
+    receiver_meta = InProcTransport("decode", fabric).register(receiver.core.executor.kv_cache)
+    handoff = KVHandoff(sender.core.scheduler, transport, meta, 5.0, NUM_LAYERS)
+    sender.core.executor = StreamingExecutor(runner, runner.model, handoff)
+
+    receive = Request("r", tuple(prompt), greedy(MAX_TOKENS), kv_role=KVRole.RECEIVE)
+    receiver.core.add_request(receive)
+    receiver.core.step()  # reserves the blocks
+    (reservation,) = receiver.core.scheduler.drain_kv_reservations()
+    sender.core.add_request(Request("r", tuple(prompt), greedy(1), kv_role=KVRole.SEND))
+    handoff.order(P.KVSendOrder("r", receiver_meta, 0, reservation.block_ids))
+    first_token, results = None, []
+    while not results:
+        events = sender.core.step()
+        handoff.on_events(events)
+        first_token = next((e.new_token_ids[0] for e in events if e.new_token_ids), first_token)
+        results = handoff.poll()
+        sender.core.check_integrity()
+    assert [(r.is_ok, r.num_blocks) for r in results] == [(True, len(reservation.block_ids))]
+    assert sender.core.scheduler.sending == {}  # released once every transfer landed
+    src_ids, dst_ids = list(transport.block_pairs), list(transport.block_pairs.values())
+    assert dst_ids == list(reservation.block_ids)
+    is_equal = torch.equal(runner.kv_cache[:, src_ids], receiver.core.executor.kv_cache[:, dst_ids])
+    events = receiver.core.scheduler.finish_receiving("r", first_token)
+    while receiver.core.has_unfinished:
+        events += receiver.core.step()
+        receiver.core.check_integrity()
+    return [t for e in events for t in e.new_token_ids], transport.sent, is_equal
+
+
+def test_one_chunk_prompt_streams_one_transfer_per_layer_during_the_step(fused):
+    prompt = [(13 * j) % 450 + 2 for j in range(40)]  # 3 blocks, one chunk
+    tokens, sent, is_equal = hand_off(prompt)
+    assert tokens == fused.generate([prompt], greedy(MAX_TOKENS))[0].token_ids
+    assert is_equal
+    # (layer_start, layer_end, blocks, posted while the model ran)
+    assert sent == [(0, 1, 3, True), (1, 2, 3, True)]
+
+
+def test_chunked_prompt_sends_written_blocks_then_streams_the_last_chunk(fused):
+    prompt = [(17 * j) % 450 + 2 for j in range(72)]  # 5 blocks in chunks of 32, 32, 8 tokens
+    tokens, sent, is_equal = hand_off(prompt, max_num_batched_tokens=32)
+    assert tokens == fused.generate([prompt], greedy(MAX_TOKENS))[0].token_ids
+    assert is_equal
+    assert sent == [
+        (0, None, 2, False),  # after chunk 1: blocks 0-1, all layers
+        (0, None, 2, False),  # after chunk 2: blocks 2-3
+        (0, 1, 1, True),  # chunk 3, layer by layer: block 4
+        (1, 2, 1, True),
+    ]
+
+
+def test_order_after_the_prefill_sends_the_whole_prompt_at_once(fused):
+    prompt = [(19 * j) % 450 + 2 for j in range(40)]
+    sender, receiver = make_llm(), make_llm()
+    fabric = InProcFabric()
+    runner = FlagRunner(sender.core.executor)
+    transport = RecordingTransport("prefill", fabric, runner)
+    meta = transport.register(runner.kv_cache)
+    receiver_meta = InProcTransport("decode", fabric).register(receiver.core.executor.kv_cache)
+    handoff = KVHandoff(sender.core.scheduler, transport, meta, 5.0, NUM_LAYERS)
+    sender.core.executor = StreamingExecutor(runner, runner.model, handoff)
+    receiver.core.add_request(Request("r", tuple(prompt), greedy(4), kv_role=KVRole.RECEIVE))
+    receiver.core.step()
+    (reservation,) = receiver.core.scheduler.drain_kv_reservations()
+    sender.core.add_request(Request("r", tuple(prompt), greedy(1), kv_role=KVRole.SEND))
+    handoff.on_events(sender.core.step())  # prefill done, no order yet: blocks held
+    handoff.order(P.KVSendOrder("r", receiver_meta, 0, reservation.block_ids))
+    results = handoff.poll()
+    assert [(r.is_ok, r.num_blocks) for r in results] == [(True, 3)]
+    assert transport.sent == [(0, None, 3, False)]
