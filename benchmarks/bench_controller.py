@@ -268,14 +268,19 @@ def main() -> None:
                 print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in group[-1].items()), flush=True)  # fmt: skip
             runs += group
-            medians.append({**group[0], **{k: statistics.median(r[k] for r in group) for k in keys}})
+            medians.append(
+                {**group[0], **{k: statistics.median(r[k] for r in group) for k in keys}}
+            )
     print(f"\nmedian of {args.repeat} run(s)")
-    print(f"{'mode':7} {'routing':12} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7} {'cpu us/req':>10} "
-          f"{'req/cpu-s':>9} {'busy':>5} {'worker us/req':>13} {'load':>5}")  # fmt: skip
+    columns = (("mode", "mode", "7"), ("routing", "routing", "12"),
+               ("p50 ms", "route_p50_ms", "7.3f"), ("p99 ms", "route_p99_ms", "7.3f"),
+               ("req/s", "routed_req_per_s", "7.0f"),
+               ("cpu us/req", "cpu_us_per_req", "10.0f"), ("req/cpu-s", "req_per_cpu_s", "9.0f"),
+               ("busy", "cpu_busy", "5.2f"), ("worker us/req", "worker_cpu_us_per_req", "13.0f"),
+               ("load", "load_1m", "5.2f"))  # fmt: skip
+    print(" ".join(f"{title:>{fmt.split('.')[0]}}" for title, _, fmt in columns))
     for m in medians:
-        print(f"{m['mode']:7} {m['routing']:12} {m['route_p50_ms']:7.3f} {m['route_p99_ms']:7.3f} "
-              f"{m['routed_req_per_s']:7.0f} {m['cpu_us_per_req']:10.0f} {m['req_per_cpu_s']:9.0f} "
-              f"{m['cpu_busy']:5.2f} {m['worker_cpu_us_per_req']:13.0f} {m['load_1m']:5.2f}")  # fmt: skip
+        print(" ".join(f"{m[key]:{fmt}}" for _, key, fmt in columns))
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()  # fmt: skip

@@ -44,13 +44,13 @@ class PendingPrefixes:
         counts = self._counts.get(instance_id)
         if counts is None or not block_hashes:
             return
-        get = counts.get
+        get, pop = counts.get, counts.pop  # pop: Counter's __delitem__ is Python code
         for h in block_hashes:
             n = get(h, 0)
             if n > 1:
                 counts[h] = n - 1
             elif n:
-                del counts[h]
+                pop(h)
         if not counts:
             del self._counts[instance_id]
 
