@@ -51,10 +51,11 @@ class LocalRayCluster:
         self.nodes.append(subprocess.Popen(cmd, env=self.node_env(), stdout=log, stderr=log))
 
     def stop(self) -> None:
-        """The worker node first, then the head; SIGKILL what does not stop in time."""
-        for proc in reversed(self.nodes):
+        """Both nodes at once; SIGKILL what does not stop in time."""
+        for proc in self.nodes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        for proc in self.nodes:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
