@@ -25,7 +25,7 @@ import traceback
 import torch
 
 from pdserve.bench.floor import SHAPES, floor, measure_card
-from pdserve.bench.workload import w1_nano_workload, w1_workload
+from pdserve.bench.workload import BenchRequest, w1_nano_workload, w1_workload
 from pdserve.engine.llm import LLM
 from pdserve.types import SamplingParams
 
@@ -84,12 +84,14 @@ def step_profile(llm: LLM, requests) -> dict:
         return timed(schedule)(now)
 
     sched.schedule, sched.update = timed_schedule, timed(update)
-    runner.timer.enabled, runner.timer.steps = True, []
+    runner.timer.reset()
+    runner.timer.enabled = True
     elapsed, _ = timed_generate(llm, requests)
     runner.timer.enabled = False
     sched.schedule, sched.update = schedule, update
-    steps = runner.timer.steps
-    summary = {"elapsed_s": elapsed, "num_steps": len(steps)}
+    steps = runner.timer.resolve()
+    summary = {"elapsed_s": elapsed, "num_steps": len(steps),
+               "async_scheduling": core.async_scheduling}  # fmt: skip
     for kind in ("graph", "eager"):
         rows = [s for s in steps if s.kind == kind]
         if not rows:
@@ -104,10 +106,24 @@ def step_profile(llm: LLM, requests) -> dict:
             "wait_ms": med([s.wait_s for s in rows]),
             "gpu_span_ms": med([s.gpu_span_s for s in rows]),
             "gpu_total_s": sum(s.gpu_span_s for s in rows),
+            "gpu_gap_ms": med([s.gpu_gap_s for s in rows]),
+            "gpu_gap_total_s": sum(s.gpu_gap_s for s in rows),
         }
     summary["sched_update_ms_median"] = 1e3 * statistics.median(sched_s) if sched_s else 0.0
     summary["sched_update_total_s"] = sum(sched_s)
     return summary
+
+
+def num_compiled_kernels() -> int:
+    """Compiled variants of our Triton kernels so far (JIT inside a timed run shows here)."""
+    from pdserve.model.ops import triton_attention, triton_elementwise, triton_kv_store
+
+    total = 0
+    for module in (triton_attention, triton_elementwise, triton_kv_store):
+        for obj in vars(module).values():
+            for cache, *_ in getattr(obj, "device_caches", {}).values():
+                total += len(cache)
+    return total
 
 
 def hf_from(model, attn: str):
@@ -173,14 +189,25 @@ def bench_model(name: str, parts: set[str], args, card, results: list) -> None:
     start = time.perf_counter()
     warm_up(llm)
     emit(results, what="warm_up", model=name, s=time.perf_counter() - start)
+    fl = floor(shape, [r.prompt_len for r in w1], [r.output_len for r in w1], card)
     if "w1" in parts:
-        elapsed, out = timed_generate(llm, w1)
-        fl = floor(shape, [r.prompt_len for r in w1], [r.output_len for r in w1], card)
-        emit(results, what="pdserve_w1", model=name, s=elapsed, output_tokens=out,
-             output_tok_per_s=out / elapsed, floor_tok_per_s=fl.output_tok_per_s,
-             fraction_of_floor=out / elapsed / fl.output_tok_per_s)  # fmt: skip
+        for run in ("first", "second"):
+            compiled = num_compiled_kernels()
+            elapsed, out = timed_generate(llm, w1)
+            emit(results, what="pdserve_w1", model=name, run=run, s=elapsed, output_tokens=out,
+                 output_tok_per_s=out / elapsed, floor_tok_per_s=fl.output_tok_per_s,
+                 fraction_of_floor=out / elapsed / fl.output_tok_per_s,
+                 kernels_compiled_during_run=num_compiled_kernels() - compiled)  # fmt: skip
     if "profile" in parts:
         emit(results, what="pdserve_w1_profile", model=name, **step_profile(llm, w1))
+    if "sync" in parts:  # the same engine with async scheduling off, for comparison
+        llm.core.async_scheduling = False
+        elapsed, out = timed_generate(llm, w1)
+        emit(results, what="pdserve_w1_sync_sched", model=name, s=elapsed, output_tokens=out,
+             output_tok_per_s=out / elapsed,
+             fraction_of_floor=out / elapsed / fl.output_tok_per_s)  # fmt: skip
+        emit(results, what="pdserve_w1_sync_profile", model=name, **step_profile(llm, w1))
+        llm.core.async_scheduling = True
     if "nano" in parts:
         nano = w1_nano_workload(args.requests)
         elapsed, out = timed_generate(llm, nano)
@@ -206,6 +233,8 @@ def bench_model(name: str, parts: set[str], args, card, results: list) -> None:
             s=elapsed,
             ms_per_token=elapsed / 128 * 1e3,
         )
+        ss = [BenchRequest("ss", tuple(prompt), 128)]
+        emit(results, what="pdserve_single_stream_profile", model=name, **step_profile(llm, ss))
     if "hf" not in parts:
         return
     model = runner.model
@@ -247,7 +276,8 @@ def table(results: list) -> str:
     lines = [f"{'measure':34} {'model':14} {'value':>14}"]
     for r in results:
         what = r["what"]
-        if what in ("pdserve_w1", "pdserve_w1_nano", "hf_w1"):
+        if what in ("pdserve_w1", "pdserve_w1_nano", "hf_w1", "pdserve_w1_sync_sched"):
+            what = f"{what} ({r['run']})" if "run" in r else what
             extra = (
                 f"  ({100 * r['fraction_of_floor']:.1f} % of floor)"
                 if "fraction_of_floor" in r
@@ -264,7 +294,7 @@ def table(results: list) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="llama-3.1-8b,qwen3-0.6b")
-    parser.add_argument("--parts", default="w1,profile,nano,ss,hf")
+    parser.add_argument("--parts", default="w1,profile,sync,nano,ss,hf")
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--enforce-eager", action="store_true")

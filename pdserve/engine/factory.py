@@ -123,8 +123,10 @@ def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
         max_num_seqs=sched_config.max_num_seqs,
         max_model_len=max_len,
     )
-    if device.type == "cuda" and not config.enforce_eager:
-        log.info("captured decode CUDA graphs in %.1f s", runner.capture_cuda_graphs())
+    if device.type == "cuda":
+        log.info("compiled the eager kernels in %.1f s", runner.warm_up_kernels(max_len))
+        if not config.enforce_eager:
+            log.info("captured decode CUDA graphs in %.1f s", runner.capture_cuda_graphs())
     scheduler = Scheduler(sched_config, num_blocks, cache.block_size, cache.enable_prefix_caching)
     run_ahead = config.async_scheduling
     if run_ahead is None:

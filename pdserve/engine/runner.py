@@ -93,6 +93,41 @@ class ModelRunner:
         self.graphs = graphs
         return time.perf_counter() - start
 
+    @torch.inference_mode()
+    def warm_up_kernels(self, max_model_len: int) -> float:
+        """Run the eager path over the shapes that pick different kernel variants (query length
+        buckets, 1..32 context splits, row counts 1 / 16k / other), so that Triton compiles them
+        all before the first request instead of inside it. Writes no KV (every slot is -1)."""
+        start = time.perf_counter()
+        max_tokens = self.buffers.max_num_tokens
+        bs = self.block_size
+        lens = [
+            n for n in (1, 2, 3, 16, 17, 64, 100, 128, 512, 1024, 2048, 4096) if n <= max_tokens
+        ]
+        for num_new in lens:
+            contexts = {num_new} | {num_new + 256 * 2**k for k in range(6)}
+            for context in sorted(c for c in contexts if c <= max_model_len):
+                num_blocks = -(-context // bs)
+                meta = AttentionMetadata(
+                    slot_mapping=torch.full((num_new,), -1, dtype=torch.int64, device=self.device),
+                    query_start_loc=torch.tensor(
+                        [0, num_new], dtype=torch.int32, device=self.device
+                    ),
+                    seq_lens=torch.tensor([context], dtype=torch.int32, device=self.device),
+                    block_tables=torch.zeros(1, num_blocks, dtype=torch.int32, device=self.device),
+                    max_query_len=num_new,
+                    max_seq_len=context,
+                    query_start_loc_cpu=[0, num_new],
+                    seq_lens_cpu=[context],
+                )
+                ids = torch.zeros(num_new, dtype=torch.int64, device=self.device)
+                positions = torch.arange(context - num_new, context, device=self.device)
+                hidden = self.model(ids, positions, self.kv_cache, meta)
+                self.model.compute_logits(hidden[-1:]).argmax(dim=-1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
     # ---- inputs --------------------------------------------------------------------------
 
     def prepare(self, plan: StepPlan, pad_to: int = 0) -> StepInputs:

@@ -7,6 +7,7 @@ depends on the batch's composition in either mode.)"""
 import random
 
 import pytest
+import torch
 
 from pdserve.types import SamplingParams
 
@@ -141,3 +142,14 @@ def test_cli_flag(flag):
     assert config.async_scheduling is {"on": True, "off": False, "auto": None}[flag]
     engine = build_engine(config)
     assert engine.core.async_scheduling is (flag == "on")  # auto: off on the CPU
+
+
+def test_kernel_warm_up_writes_no_kv_and_leaves_outputs_unchanged(make_llm):
+    llm = make_llm(MODEL, async_scheduling=False, num_blocks=64, block_size=4)
+    ps = prompts(3, seed=4)
+    params = SamplingParams(max_tokens=8, ignore_eos=True, temperature=0.0)
+    before = token_ids(llm, ps, params)
+    kv = llm.core.executor.kv_cache.clone()
+    llm.core.executor.warm_up_kernels(max_model_len=300)
+    assert torch.equal(llm.core.executor.kv_cache, kv)
+    assert token_ids(llm, ps, params) == before

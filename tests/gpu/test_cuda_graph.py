@@ -39,7 +39,8 @@ def test_capture_sizes_cover_every_batch_up_to_the_max():
 
 @pytest.mark.parametrize("num_prompts", [1, 5, 37])
 def test_graph_replay_equals_eager(num_prompts):
-    kwargs = dict(dtype="float32", num_blocks=2048, max_num_seqs=64, max_model_len=512)
+    kwargs = dict(dtype="float32", num_blocks=2048, max_num_seqs=64, max_model_len=512,
+                  async_scheduling=False)  # fmt: skip (logits are recorded on the sync path)
     graphs = LLM("dummy:tiny-llama3", **kwargs)
     eager = LLM("dummy:tiny-llama3", enforce_eager=True, **kwargs)
     assert graphs.core.executor.graphs is not None
@@ -64,3 +65,25 @@ def test_graph_replay_samples_seeded_requests_like_eager():
         for e in ({}, {"enforce_eager": True})
     ]
     assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("num_blocks", [2048, 48])  # 48 blocks of 16: preemption
+def test_async_scheduling_equals_sync_on_the_gpu(num_blocks):
+    """Graphs, pending tokens fed on the device, stops mid-batch; greedy and seeded."""
+    kwargs = dict(dtype="float32", num_blocks=num_blocks, max_num_seqs=64, max_model_len=512)
+    ahead = LLM("dummy:tiny-llama3", async_scheduling=True, **kwargs)
+    sync = LLM("dummy:tiny-llama3", async_scheduling=False, **kwargs)
+    prompts = random_prompts(40, seed=5, hi=120)
+    params = [
+        SamplingParams(max_tokens=8 + i % 30, temperature=0, ignore_eos=True,
+                       stop_token_ids=(7, 11, 13)) if i % 3 else
+        SamplingParams(max_tokens=20, temperature=0.9, seed=i, ignore_eos=True)
+        for i in range(40)
+    ]  # fmt: skip
+    want = [o.token_ids for o in sync.generate(prompts, params)]
+    got = [o.token_ids for o in ahead.generate(prompts, params)]
+    assert got == want
+    if num_blocks == 48:
+        assert ahead.core.scheduler.stats.num_preemptions > 0
+    pool = ahead.core.scheduler.kv.pool
+    assert pool.num_free_blocks == pool.num_blocks

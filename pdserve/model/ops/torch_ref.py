@@ -46,10 +46,13 @@ def store_kv(
 ) -> None:
     num_blocks, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     flat = kv_cache.view(num_blocks, 2, block_size, num_kv_heads * head_dim)
+    if slot_mapping.numel() and int(slot_mapping.min()) < 0:  # padding rows store nothing
+        keep = slot_mapping >= 0
+        k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
     block_ids = slot_mapping // block_size
     offsets = slot_mapping % block_size
-    flat[block_ids, 0, offsets] = k.reshape(k.shape[0], -1).to(kv_cache.dtype)
-    flat[block_ids, 1, offsets] = v.reshape(v.shape[0], -1).to(kv_cache.dtype)
+    flat[block_ids, 0, offsets] = k.flatten(1).to(kv_cache.dtype)
+    flat[block_ids, 1, offsets] = v.flatten(1).to(kv_cache.dtype)
 
 
 def gather_kv(

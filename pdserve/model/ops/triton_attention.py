@@ -208,11 +208,16 @@ def _reduce_kernel(
 
 
 def default_num_splits(num_ctas: int, max_seq_len: int, num_sms: int) -> int:
-    """Splits so the grid covers the GPU ~4 times, each split still >= 256 keys."""
+    """Splits so the grid covers the GPU ~4 times, each split still >= 256 keys; a power of two,
+    so that the kernel has six variants (1..32) to compile, all at start-up."""
     if max_seq_len <= 0:
         return 1
     want = triton.cdiv(4 * num_sms, max(num_ctas, 1))
-    return max(1, min(want, triton.cdiv(max_seq_len, 256), 32))
+    splits = max(1, min(want, triton.cdiv(max_seq_len, 256), MAX_SPLITS))
+    return 1 << (splits.bit_length() - 1)
+
+
+MAX_SPLITS = 32
 
 
 def default_config(
