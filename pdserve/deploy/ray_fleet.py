@@ -69,7 +69,10 @@ def connect(address: str) -> str:
         raise RuntimeError("connect() must import ray first")
     if not env_str("RAY_AUTH_MODE") and has_ray_token():
         os.environ["RAY_AUTH_MODE"] = "token"
-    import ray
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("--ray needs Ray: pip install 'pdserve[ray]'") from e
 
     namespace = f"pdserve-{uuid.uuid4().hex[:8]}"
     try:
