@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             node_ip = connect(args.ray)
-        except ConnectionError as e:
+        except (ConnectionError, ImportError) as e:
             print(f"pdserve up: {e}", file=sys.stderr)
             return 2
         for loopback in LOOPBACK[:2]:  # other nodes must reach it: bind on this node's IP
