@@ -96,7 +96,7 @@ def disconnect() -> None:
 
 class WorkerActor:
     """The Ray actor: one worker process on the actor's node (threaded: `wait` blocks one
-    thread while `where` and `kill_worker` answer on others)."""
+    thread while `where` answers on another)."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str]):
         self.proc = start_worker_process(args, env)
@@ -115,9 +115,6 @@ class WorkerActor:
 
     def wait(self) -> int:
         return self.proc.wait()
-
-    def kill_worker(self) -> None:
-        self.proc.kill()
 
 
 @dataclass(slots=True)
