@@ -125,6 +125,9 @@ class ModelRunner:
                 hidden = self.model(ids, positions, self.kv_cache, meta)
                 self.model.compute_logits(hidden[-1:]).argmax(dim=-1)
         if self.device.type == "cuda":
+            from pdserve.model.ops import triton_attention
+
+            triton_attention.warm_up(self.kv_cache[0], self.model.config.num_heads)
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
@@ -297,8 +300,10 @@ class ModelRunner:
     def _forward(self, plan: StepPlan) -> tuple[StepInputs | None, torch.Tensor | None, object]:
         """Drop finished requests' state, then prepare and run the model: -> (inputs, logits of
         the sampling rows or None, hidden states of an eager step or None)."""
-        for request_id in (*plan.finished_ids, *plan.preempted_ids):
+        for request_id in plan.finished_ids:
             self._generators.pop(request_id, None)
+            self.block_rows.drop(request_id)
+        for request_id in plan.preempted_ids:  # a seeded request's noise goes on where it was
             self.block_rows.drop(request_id)
         if plan.is_empty:
             return None, None, None

@@ -70,6 +70,21 @@ def test_preemption_under_a_small_pool(make_llm):
     assert ahead.core.scheduler.stats.num_preemptions > 0
 
 
+def test_seeded_sampling_does_not_depend_on_preemption(make_llm):
+    ps = prompts(16, seed=6)
+    params = [
+        SamplingParams(max_tokens=40, ignore_eos=True, temperature=1.0, seed=i) for i in range(16)
+    ]
+    roomy = make_llm(MODEL, num_blocks=512, block_size=4)
+    tight = make_llm(MODEL, num_blocks=40, block_size=4)
+    ahead = make_llm(MODEL, num_blocks=40, block_size=4, async_scheduling=True)
+    expected = token_ids(roomy, ps, params)
+    assert token_ids(tight, ps, params) == expected
+    assert token_ids(ahead, ps, params) == expected
+    assert tight.core.scheduler.stats.num_preemptions > 0
+    assert ahead.core.scheduler.stats.num_preemptions > 0
+
+
 def test_host_side_sampling_forces_sync_steps_with_same_outputs(make_llm):
     """Logprobs, penalties, min_tokens, prompt logprobs and seeded sampling in one batch."""
     ps = prompts(8, seed=2)

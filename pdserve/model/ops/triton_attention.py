@@ -242,6 +242,43 @@ def default_config(
     return {"block_m": 128, "block_n": wide, "num_warps": 8, "num_stages": 3 if wide == 128 else 2}
 
 
+def warm_up(kv_cache: torch.Tensor, num_heads: int) -> int:
+    """Compile every variant `attention` can pick for this model on this GPU (each tile config
+    `default_config` returns x each split count), on one short sequence; -> variants run."""
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    heads_pad = triton.next_power_of_2(num_heads // num_kv_heads)
+    num_sms = torch.cuda.get_device_properties(kv_cache.device).multi_processor_count
+    configs = {
+        tuple(sorted(default_config(q_len, heads_pad, head_dim, ctas, num_sms).items()))
+        for q_len in (1, 2, 4, 8, 16, 32, 64, 128)
+        for ctas in (1, 4 * num_sms)
+    }
+    splits = [1 << k for k in range(MAX_SPLITS.bit_length())]
+    device = kv_cache.device
+    num_runs = 0
+    for cfg in configs:
+        cfg = dict(cfg)
+        q_len = max(1, cfg["block_m"] // heads_pad)
+        for num_splits in splits:
+            seq_len = q_len + 256 * num_splits
+            q = torch.zeros(q_len, num_heads, head_dim, dtype=kv_cache.dtype, device=device)
+            num_blocks = triton.cdiv(seq_len, block_size)
+            attention(
+                q,
+                kv_cache,
+                torch.tensor([0, q_len], dtype=torch.int32, device=device),
+                torch.tensor([seq_len], dtype=torch.int32, device=device),
+                torch.zeros(1, num_blocks, dtype=torch.int32, device=device),
+                q_len,
+                seq_len,
+                1.0,
+                num_splits=num_splits,
+                config=cfg,
+            )
+            num_runs += 1
+    return num_runs
+
+
 # The interpreter (CPU tests): 32-key tiles so that small contexts take both the unmasked and
 # the diagonal loop, 16..64-row tiles so that prefill spans several query tiles.
 _INTERPRETER_CONFIG = {"block_n": 32, "num_warps": 4, "num_stages": 1}
