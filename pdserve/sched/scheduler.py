@@ -157,9 +157,13 @@ class Scheduler:
     # ---- one step ------------------------------------------------------------------------
 
     def schedule(self, now: float) -> StepPlan:
-        self._expire_leases(now)
+        if self.sending:
+            self._expire_leases(now)
         budget = self.config.max_num_batched_tokens
-        scheduled: dict[str, ScheduledSeq] = {}
+        threshold = self.config.long_prefill_token_threshold
+        allocate_slots = self.kv.allocate_slots
+        # request_id -> (request, num_computed_tokens, num_new_tokens), in scheduling order
+        scheduled: dict[str, tuple[SchedRequest, int, int]] = {}
         preempted: list[str] = []
 
         for req in list(self.running):
@@ -169,20 +173,23 @@ class Scheduler:
                 continue
             if req.num_pending and self._pending_ends(req):
                 continue  # its in-flight token is its last: nothing more to compute
-            num_left = req.num_tokens + req.num_pending - req.num_computed_tokens
-            num_new = self._chunk(num_left, budget)
+            num_new = len(req.token_ids) + req.num_pending - req.num_computed_tokens
+            if threshold > 0 and num_new > threshold:
+                num_new = threshold
+            if num_new > budget:
+                num_new = budget
             if num_new <= 0:
                 continue
-            while not self.kv.allocate_slots(req, num_new):
+            while not allocate_slots(req, num_new):
                 victim = self.waiting.victim(self.running)
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim.request_id in scheduled:
-                    budget += scheduled.pop(victim.request_id).num_new_tokens
+                    budget += scheduled.pop(victim.request_id)[2]
                 if victim is req:
                     break
             else:
-                scheduled[req.request_id] = ScheduledSeq(req, req.num_computed_tokens, num_new)
+                scheduled[req.request_id] = (req, req.num_computed_tokens, num_new)
                 budget -= num_new
 
         # Admit waiting requests only when nothing had to be preempted: blocks are short.
@@ -197,7 +204,7 @@ class Scheduler:
             num_hit = len(hit_blocks) * self.block_size
             num_uncached = req.num_tokens - num_hit
             if req.kv_role is KVRole.RECEIVE:
-                if not self.kv.allocate_slots(req, num_uncached, hit_blocks):
+                if not allocate_slots(req, num_uncached, hit_blocks):
                     break
                 self._pop_waiting()
                 self._reserve(req, num_hit)
@@ -205,33 +212,33 @@ class Scheduler:
             if not self.config.enable_chunked_prefill and num_uncached > budget:
                 break
             num_new = self._chunk(num_uncached, budget)
-            if not self.kv.allocate_slots(req, num_new, hit_blocks):
+            if not allocate_slots(req, num_new, hit_blocks):
                 break
             self._pop_waiting()
             self._admit(req, num_hit)
-            scheduled[req.request_id] = ScheduledSeq(req, num_hit, num_new)
+            scheduled[req.request_id] = (req, num_hit, num_new)
             budget -= num_new
 
         seqs = []
-        for seq in scheduled.values():
-            req = seq.request
-            req.num_computed_tokens += seq.num_new_tokens
+        publish = self.kv.publish_full_blocks
+        for req, num_computed, num_new in scheduled.values():
+            req.num_computed_tokens = num_computed + num_new
+            # Samples: it computes the request's last token (known or pending) and may generate.
             samples = (
-                req.num_computed_tokens == req.num_tokens + req.num_pending
+                req.num_computed_tokens == len(req.token_ids) + req.num_pending
                 and req.sampling.max_tokens > 0
             )
             if samples:
                 req.num_pending += 1
-                seq = ScheduledSeq(req, seq.num_computed_tokens, seq.num_new_tokens, True)
-            seqs.append(seq)
-            self.kv.publish_full_blocks(req, req.num_computed_tokens)
+            seqs.append(ScheduledSeq(req, num_computed, num_new, samples))
+            publish(req, req.num_computed_tokens)
 
         plan = StepPlan(
-            step_id=self._step_id,
-            seqs=tuple(seqs),
-            num_batched_tokens=self.config.max_num_batched_tokens - budget,
-            preempted_ids=tuple(preempted),
-            finished_ids=tuple(self._finished_ids),
+            self._step_id,
+            tuple(seqs),
+            self.config.max_num_batched_tokens - budget,
+            tuple(preempted),
+            tuple(self._finished_ids),
         )
         self._step_id += 1
         self._finished_ids.clear()
@@ -243,50 +250,62 @@ class Scheduler:
         Under async scheduling the next plan is already out: a request may have been preempted
         since (its token still counts), and one that ends here may be in that plan (its blocks
         are freed at the next update, once that step is done writing them)."""
-        self._free_deferred()
+        if self._deferred_frees:
+            self._free_deferred()
         events = []
+        sampled, logprobs = result.sampled_token_ids, result.logprobs
+        prompt_logprobs = result.prompt_logprobs
+        block_size, stats = self.block_size, self.stats
         for seq in plan.seqs:
             req = seq.request
             if seq.samples:
                 req.num_pending -= 1
-            if req.is_finished:  # ended while the step ran
+            if req.status is RequestStatus.FINISHED:  # ended while the step ran
                 continue
-            chunk_logprobs = result.prompt_logprobs.get(req.request_id)
-            if chunk_logprobs and len(req.prompt_logprobs) < req.prompt_len:
-                req.prompt_logprobs.extend(chunk_logprobs)
-            token_id = result.sampled_token_ids.get(req.request_id)
+            if prompt_logprobs:
+                chunk_logprobs = prompt_logprobs.get(req.request_id)
+                if chunk_logprobs and len(req.prompt_logprobs) < req.prompt_len:
+                    req.prompt_logprobs.extend(chunk_logprobs)
+            token_id = sampled.get(req.request_id)
             if token_id is None:
                 if seq.context_len == req.num_tokens and req.sampling.max_tokens == 0:
                     events.append(self._event(req, (), FinishReason.LENGTH, None))
                     self._finish(req, FinishReason.LENGTH)
                 continue
-            req.append_token(token_id, self.block_size)
+            token_ids = req.token_ids
+            token_ids.append(token_id)  # SchedRequest.append_token, inlined (hot)
+            if len(token_ids) % block_size == 0:
+                req.extend_block_hashes(block_size)
             if req.status is RequestStatus.PREEMPTED:
                 self._num_waiting_tokens += 1
-            self.stats.generation_tokens += 1
+            stats.generation_tokens += 1
             reason = self._stop_reason(req, token_id)
-            events.append(
-                self._event(req, (token_id,), reason, result.logprobs.get(req.request_id))
-            )
+            logprob = logprobs.get(req.request_id) if logprobs else None
+            events.append(self._event(req, (token_id,), reason, logprob))
             if reason is not None:
                 self._finish(req, reason)
         return events
 
     # ---- views ---------------------------------------------------------------------------
 
-    def snapshot(self, instance_id: str = "", now: float = 0.0) -> InstanceSnapshot:
+    def snapshot(self, instance_id: str = "", now: float = 0.0, **fields) -> InstanceSnapshot:
+        """The instance's `InstanceSnapshot`; `fields` sets the ones the scheduler does not know
+        (role, incarnation, the last step's time and tokens)."""
+        running = self.running
         return InstanceSnapshot(
             instance_id=instance_id,
             num_waiting=len(self.waiting),
-            num_running=len(self.running),
+            num_running=len(running),
             num_waiting_tokens=self._num_waiting_tokens,
-            num_running_tokens=sum(r.num_tokens - r.num_computed_tokens for r in self.running),
+            num_running_tokens=sum([len(r.token_ids) for r in running])
+            - sum([r.num_computed_tokens for r in running]),
             num_free_blocks=self.kv.num_free_blocks,
             num_cached_blocks=len(self.kv.prefix_cache),
             num_total_blocks=self.kv.num_blocks,
             block_size=self.block_size,
             num_steps=self._step_id,
             now_s=now,
+            **fields,
         )
 
     def drain_kv_events(self) -> list[KVCacheEvent]:
@@ -377,27 +396,28 @@ class Scheduler:
 
     def _stop_reason(self, req: SchedRequest, token_id: int) -> FinishReason | None:
         sampling = req.sampling
-        num_output = req.num_output_tokens
+        num_tokens = len(req.token_ids)
+        num_output = num_tokens - req.prompt_len
         if num_output >= sampling.min_tokens and (
             (not sampling.ignore_eos and token_id in req.eos_token_ids)
             or token_id in sampling.stop_token_ids
         ):
             return FinishReason.STOP
-        if num_output >= sampling.max_tokens or req.num_tokens >= self.max_model_len:
+        if num_output >= sampling.max_tokens or num_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None
 
     def _event(self, req, token_ids, reason, logprob) -> TokenEvent:
-        first = req.num_output_tokens == len(token_ids)
+        first = len(req.token_ids) - req.prompt_len == len(token_ids)
         wants_prompt_logprobs = req.sampling.prompt_logprobs is not None
         return TokenEvent(
-            request_id=req.request_id,
-            new_token_ids=token_ids,
-            finish_reason=reason,
-            logprobs=(logprob,) if logprob is not None else (),
-            prompt_logprobs=tuple(req.prompt_logprobs) if first and wants_prompt_logprobs else None,
-            num_prompt_tokens=req.prompt_len,
-            num_cached_tokens=max(req.num_cached_tokens, 0),
+            req.request_id,
+            token_ids,
+            reason,
+            (logprob,) if logprob is not None else (),
+            tuple(req.prompt_logprobs) if first and wants_prompt_logprobs else None,
+            req.prompt_len,
+            req.num_cached_tokens if req.num_cached_tokens > 0 else 0,
         )
 
     def _finish(self, req: SchedRequest, reason: FinishReason) -> None:
