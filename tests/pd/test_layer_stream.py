@@ -35,9 +35,15 @@ class FlagRunner:
         return getattr(self.runner, name)
 
     def execute(self, plan):
+        return self._run(self.runner.execute, plan)
+
+    def launch(self, plan):  # async scheduling (GPU): the step is queued here
+        return self._run(self.runner.launch, plan)
+
+    def _run(self, step, plan):
         self.in_step = True
         try:
-            return self.runner.execute(plan)
+            return step(plan)
         finally:
             self.in_step = False
 
