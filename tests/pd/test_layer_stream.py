@@ -5,14 +5,17 @@ blocks go once written. Outputs equal one fused engine's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from pdserve.engine import protocol as P
 from pdserve.engine.llm import LLM
 from pdserve.engine.pd import KVHandoff, StreamingExecutor
+from pdserve.kvxfer import Fault, FaultKind
 from pdserve.kvxfer.inproc import InProcFabric, InProcTransport
-from pdserve.types import KVRole, Request, SamplingParams
+from pdserve.types import FinishReason, KVRole, Request, SamplingParams
 from tests.cluster.harness import TINY_MODEL
 
 BS = 16
@@ -73,9 +76,35 @@ def greedy(max_tokens: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
-def hand_off(prompt: list[int], max_num_batched_tokens: int = 2048):
-    """One request prefilled on a streaming sender, decoded on a receiver. Returns (output token
-    ids, the sender's recorded sends, whether every sent block is equal on both sides)."""
+@dataclass
+class Pair:
+    """A streaming sender and a receiver that reserved blocks for one request "r"."""
+
+    sender: LLM
+    receiver: LLM
+    runner: FlagRunner
+    transport: RecordingTransport
+    handoff: KVHandoff
+    receiver_meta: bytes
+    reservation: object
+
+    def order(self) -> None:
+        order = P.KVSendOrder("r", self.receiver_meta, 0, self.reservation.block_ids)
+        self.handoff.order(order)
+
+    def run_sender(self):
+        """Step the sender until the send is reported: (first token or None, [KVSendResult])."""
+        first_token, results = None, []
+        while not results:
+            events = self.sender.core.step()
+            self.handoff.on_events(events)
+            first_token = next((e.new_token_ids[0] for e in events if e.new_token_ids), first_token)
+            results = self.handoff.poll()
+            self.sender.core.check_integrity()
+        return first_token, results
+
+
+def make_pair(prompt: list[int], max_num_batched_tokens: int = 2048) -> Pair:
     sender, receiver = make_llm(max_num_batched_tokens=max_num_batched_tokens), make_llm()
     fabric = InProcFabric()
     runner = FlagRunner(sender.core.executor)
@@ -84,30 +113,34 @@ def hand_off(prompt: list[int], max_num_batched_tokens: int = 2048):
     receiver_meta = InProcTransport("decode", fabric).register(receiver.core.executor.kv_cache)
     handoff = KVHandoff(sender.core.scheduler, transport, meta, 5.0, NUM_LAYERS)
     sender.core.executor = StreamingExecutor(runner, runner.model, handoff)
-
     receive = Request("r", tuple(prompt), greedy(MAX_TOKENS), kv_role=KVRole.RECEIVE)
     receiver.core.add_request(receive)
     receiver.core.step()  # reserves the blocks
     (reservation,) = receiver.core.scheduler.drain_kv_reservations()
     sender.core.add_request(Request("r", tuple(prompt), greedy(1), kv_role=KVRole.SEND))
-    handoff.order(P.KVSendOrder("r", receiver_meta, 0, reservation.block_ids))
-    first_token, results = None, []
-    while not results:
-        events = sender.core.step()
-        handoff.on_events(events)
-        first_token = next((e.new_token_ids[0] for e in events if e.new_token_ids), first_token)
-        results = handoff.poll()
-        sender.core.check_integrity()
-    assert [(r.is_ok, r.num_blocks) for r in results] == [(True, len(reservation.block_ids))]
-    assert sender.core.scheduler.sending == {}  # released once every transfer landed
-    src_ids, dst_ids = list(transport.block_pairs), list(transport.block_pairs.values())
-    assert dst_ids == list(reservation.block_ids)
-    is_equal = torch.equal(runner.kv_cache[:, src_ids], receiver.core.executor.kv_cache[:, dst_ids])
-    events = receiver.core.scheduler.finish_receiving("r", first_token)
-    while receiver.core.has_unfinished:
-        events += receiver.core.step()
-        receiver.core.check_integrity()
-    return [t for e in events for t in e.new_token_ids], transport.sent, is_equal
+    return Pair(sender, receiver, runner, transport, handoff, receiver_meta, reservation)
+
+
+def hand_off(prompt: list[int], max_num_batched_tokens: int = 2048):
+    """One request prefilled on a streaming sender, decoded on a receiver. Returns (output token
+    ids, the sender's recorded sends, whether every sent block is equal on both sides)."""
+    pair = make_pair(prompt, max_num_batched_tokens)
+    pair.order()
+    first_token, results = pair.run_sender()
+    block_ids = list(pair.reservation.block_ids)
+    assert [(r.is_ok, r.num_blocks) for r in results] == [(True, len(block_ids))]
+    assert pair.sender.core.scheduler.sending == {}  # released once every transfer landed
+    pairs = pair.transport.block_pairs
+    src_ids, dst_ids = list(pairs), list(pairs.values())
+    assert dst_ids == block_ids
+    dst_cache = pair.receiver.core.executor.kv_cache
+    is_equal = torch.equal(pair.runner.kv_cache[:, src_ids], dst_cache[:, dst_ids])
+    receiver = pair.receiver.core
+    events = receiver.scheduler.finish_receiving("r", first_token)
+    while receiver.has_unfinished:
+        events += receiver.step()
+        receiver.check_integrity()
+    return [t for e in events for t in e.new_token_ids], pair.transport.sent, is_equal
 
 
 def test_one_chunk_prompt_streams_one_transfer_per_layer_during_the_step(fused):
@@ -132,22 +165,36 @@ def test_chunked_prompt_sends_written_blocks_then_streams_the_last_chunk(fused):
     ]
 
 
-def test_order_after_the_prefill_sends_the_whole_prompt_at_once(fused):
-    prompt = [(19 * j) % 450 + 2 for j in range(40)]
-    sender, receiver = make_llm(), make_llm()
-    fabric = InProcFabric()
-    runner = FlagRunner(sender.core.executor)
-    transport = RecordingTransport("prefill", fabric, runner)
-    meta = transport.register(runner.kv_cache)
-    receiver_meta = InProcTransport("decode", fabric).register(receiver.core.executor.kv_cache)
-    handoff = KVHandoff(sender.core.scheduler, transport, meta, 5.0, NUM_LAYERS)
-    sender.core.executor = StreamingExecutor(runner, runner.model, handoff)
-    receiver.core.add_request(Request("r", tuple(prompt), greedy(4), kv_role=KVRole.RECEIVE))
-    receiver.core.step()
-    (reservation,) = receiver.core.scheduler.drain_kv_reservations()
-    sender.core.add_request(Request("r", tuple(prompt), greedy(1), kv_role=KVRole.SEND))
-    handoff.on_events(sender.core.step())  # prefill done, no order yet: blocks held
-    handoff.order(P.KVSendOrder("r", receiver_meta, 0, reservation.block_ids))
-    results = handoff.poll()
+def test_order_after_the_prefill_sends_the_whole_prompt_at_once():
+    pair = make_pair([(19 * j) % 450 + 2 for j in range(40)])
+    pair.handoff.on_events(pair.sender.core.step())  # prefill done, no order yet: blocks held
+    assert list(pair.sender.core.scheduler.sending) == ["r"]
+    pair.order()
+    results = pair.handoff.poll()
     assert [(r.is_ok, r.num_blocks) for r in results] == [(True, 3)]
-    assert transport.sent == [(0, None, 3, False)]
+    assert pair.transport.sent == [(0, None, 3, False)]
+
+
+def test_a_failed_layer_transfer_fails_the_send_once_the_prefill_ends():
+    pair = make_pair([(23 * j) % 450 + 2 for j in range(72)], max_num_batched_tokens=32)
+    pair.transport.inject_fault(Fault(FaultKind.TRUNCATE, "r"))  # the first transfer
+    pair.order()
+    first_token, results = pair.run_sender()
+    assert first_token is not None  # the prefill itself went on
+    assert [(r.is_ok, r.error) for r in results] == [(False, "transfer failed")]
+    assert len(pair.transport.sent) == 1  # nothing more is posted once a transfer failed
+    assert pair.sender.core.scheduler.sending == {}
+    assert pair.sender.core.scheduler.kv.num_free_blocks == 64
+
+
+def test_abort_while_streaming_frees_the_request_and_reports_the_send_failed():
+    pair = make_pair([(29 * j) % 450 + 2 for j in range(72)], max_num_batched_tokens=32)
+    pair.order()
+    pair.handoff.on_events(pair.sender.core.step())  # chunk 1: blocks 0-1 posted after it
+    pair.handoff.abort("r", FinishReason.ABORT)
+    results = pair.handoff.poll()
+    assert [(r.is_ok, r.error) for r in results] == [(False, "aborted")]
+    assert pair.transport.sent == [(0, None, 2, False)]
+    pair.sender.core.check_integrity()
+    assert pair.sender.core.scheduler.kv.num_free_blocks == 64
+    assert not pair.handoff.sends
