@@ -1,5 +1,5 @@
 """The controller's per-request shortcuts give exactly the answers of their plain definitions:
-the pending overlay's bisection, the index walk, the hash trie, the snapshot view, the cached
+the pending overlay's bisection, the index walk, the hash memo, the snapshot view, the cached
 fleet list; and the plain ZMQ socket delivers, sends and notices an unreachable worker."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_index_keeps_first_block_order_after_removals():
     assert list(index.longest_prefix([1, 2, 3]).items()) == [("b", 1), ("a", 2)]
 
 
-def test_block_hasher_trie_is_exact_and_bounded():
+def test_block_hasher_memo_is_exact_and_bounded():
     rng = random.Random(1)
     hasher = BlockHasher(4, max_entries=40)
     heads = [[rng.randrange(5) for _ in range(40)] for _ in range(4)]
@@ -91,7 +91,7 @@ def test_block_hasher_trie_is_exact_and_bounded():
         tokens = random_prompt(rng, heads)
         assert hasher(tokens) == hash_blocks(tokens, 4)
         assert hasher(tuple(tokens)) == hash_blocks(tokens, 4)
-        assert hasher._num_entries <= 40 + len(tokens) // 4
+        assert len(hasher._memo) <= 40 + len(tokens) // 4
 
 
 def test_snapshot_view_is_the_heartbeat_snapshot_with_the_controllers_queue():
