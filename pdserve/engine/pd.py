@@ -87,8 +87,8 @@ class KVHandoff:
         self.kv_meta = kv_meta
         self.timeout_s = timeout_s  # per transfer; below the scheduler's lease (blocks stay put)
         self.num_layers = num_layers  # of the registered cache; 0: no layer streaming
-        # Called before a layer's transfer is posted (GPU + a transport not ordered after the
-        # compute stream: wait for the layer's compute); None on CPU.
+        # Called before each transfer is posted (GPU + a transport not ordered after the
+        # compute stream: wait for the queued compute); None on CPU.
         self.before_post = before_post
         self.first_tokens: dict[str, int | None] = {}  # prefill done, no order yet
         self.sends: dict[str, _Send] = {}  # ordered: streaming or posted, polling
@@ -146,8 +146,6 @@ class KVHandoff:
 
     def on_layer(self, layer: int) -> None:
         """The model finished `layer` of this step: post that layer of each last chunk."""
-        if self.before_post is not None:
-            self.before_post()
         for send in self._streaming:
             if not send.is_failed and send.num_layers_streamed == layer:
                 self._post(send, send.next_block, send.num_blocks, layer, layer + 1)
@@ -266,6 +264,8 @@ class KVHandoff:
         """One transfer: blocks [begin, end) of the send (relative), layers [start, end)."""
         if begin >= end or send.is_failed:
             return
+        if self.before_post is not None:
+            self.before_post()
         rid = send.order.request_id
         req = self.scheduler.requests.get(rid) or self.scheduler.sending.get(rid)
         first = send.first_block

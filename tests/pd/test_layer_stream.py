@@ -16,11 +16,11 @@ from pdserve.engine.pd import KVHandoff, StreamingExecutor
 from pdserve.kvxfer import Fault, FaultKind
 from pdserve.kvxfer.inproc import InProcFabric, InProcTransport
 from pdserve.types import FinishReason, KVRole, Request, SamplingParams
-from tests.cluster.harness import TINY_MODEL
 
 BS = 16
 MAX_TOKENS = 6
-NUM_LAYERS = 2  # dummy:tiny-llama
+TINY_MODEL = "dummy:tiny-llama"
+NUM_LAYERS = 2  # of TINY_MODEL
 
 
 def make_llm(**kwargs) -> LLM:
@@ -167,7 +167,8 @@ def test_chunked_prompt_sends_written_blocks_then_streams_the_last_chunk(fused):
 
 def test_order_after_the_prefill_sends_the_whole_prompt_at_once():
     pair = make_pair([(19 * j) % 450 + 2 for j in range(40)])
-    pair.handoff.on_events(pair.sender.core.step())  # prefill done, no order yet: blocks held
+    while pair.sender.core.has_unfinished:  # prefill done, no order yet: blocks held
+        pair.handoff.on_events(pair.sender.core.step())
     assert list(pair.sender.core.scheduler.sending) == ["r"]
     pair.order()
     results = pair.handoff.poll()
