@@ -389,5 +389,6 @@ def make_handoff(scheduler: Scheduler, kv_cache, kind: str, name: str) -> KVHand
     if kv_cache.is_cuda and kind != "cuda_ipc":  # NIXL does not order after the compute stream
         import torch
 
-        before_post = torch.cuda.current_stream(kv_cache.device).synchronize
+        device = kv_cache.device
+        before_post = lambda: torch.cuda.current_stream(device).synchronize()  # noqa: E731
     return KVHandoff(scheduler, transport, meta, timeout_s, int(kv_cache.shape[0]), before_post)
