@@ -1,6 +1,9 @@
 """NIXL between two processes on CPU memory: the peer process registers a poisoned cache; this
 process pushes into it and pulls from it. Bytes must match and only listed blocks move."""
 
+import platform
+import re
+
 import pytest
 import torch
 
@@ -23,6 +26,7 @@ def nixl_pair():
     from pdserve.kvxfer.nixl import NixlTransport
 
     peer, metadata = start_peer("nixl", "decode")
+    peer.metadata = metadata  # for a second transport in this process
     prefill = NixlTransport("prefill", timeout_s=20.0)
     src = kv_cache(seed=3)
     prefill.register(src)
@@ -105,3 +109,78 @@ def test_a_transfer_after_a_failure_succeeds(pair):
     h = prefill.send(TransferSpec("r2", "decode", [5], [5]))
     assert wait_all(prefill, [h]) == [TransferStatus.DONE]
     assert_moved_exactly(src, peer.cache(), [5], [5])
+
+
+def _huge_pages_supported() -> bool:
+    """Transparent huge pages not off, and MADV_COLLAPSE (Linux 6.1+)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return False
+    except OSError:
+        return False
+    major, minor = (int(x) for x in re.findall(r"\d+", platform.release())[:2])
+    return (major, minor) >= (6, 1)
+
+
+def _anon_huge_bytes(start: int, end: int) -> int:
+    """AnonHugePages of this process's mappings that lie inside [start, end)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if head:
+                lo, hi = int(head[1], 16), int(head[2], 16)
+                inside = start <= lo and hi <= end
+            elif inside and line.startswith("AnonHugePages:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not _huge_pages_supported(), reason="no transparent huge pages here")
+def test_registering_a_dram_cache_puts_its_whole_2mib_pages_on_huge_pages():
+    from pdserve.kvxfer.nixl import HUGE_PAGE_BYTES, NixlTransport
+
+    cache = kv_cache(seed=6, num_blocks=16384)  # 3 layers x 16384 x 128 bytes = 6 MiB
+    before = cache.clone()
+    transport = NixlTransport("huge")
+    try:
+        transport.register(cache)
+        start = cache.data_ptr()
+        lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
+        hi = (start + 6 * 2**20) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+        assert transport.huge_page_bytes == hi - lo >= 2 * HUGE_PAGE_BYTES
+        assert _anon_huge_bytes(lo, hi) == hi - lo
+        assert torch.equal(cache, before)  # collapsing moved the bytes, not changed them
+    finally:
+        transport.close()
+
+
+def test_huge_pages_can_be_turned_off():
+    from pdserve.kvxfer.nixl import NixlTransport
+
+    transport = NixlTransport("small-pages", huge_pages=False)
+    try:
+        transport.register(kv_cache(fill=0.0, num_blocks=16384))
+        assert transport.huge_page_bytes == 0
+    finally:
+        transport.close()
+
+
+def test_push_over_tcp_alone_as_between_two_hosts(pair, monkeypatch):
+    """This side's UCX may use TCP only, as across hosts (no shared memory, no CMA): the two
+    sides agree on TCP and the bytes still land."""
+    from pdserve.kvxfer.nixl import NixlTransport
+
+    _, _, peer = pair
+    monkeypatch.setenv("UCX_TLS", "tcp")  # read when the new agent creates its UCX context
+    prefill = NixlTransport("prefill-tcp", timeout_s=20.0)
+    try:
+        src = kv_cache(seed=5)
+        prefill.register(src)
+        prefill.add_peer(peer.metadata)
+        h = prefill.send(TransferSpec("r1", "decode", [2, 3, 9], [4, 5, 1]))
+        assert wait_all(prefill, [h]) == [TransferStatus.DONE]
+        assert_moved_exactly(src, peer.cache(), [2, 3, 9], [4, 5, 1])
+    finally:
+        prefill.close()
