@@ -9,7 +9,6 @@ tokens are scheduled like a prefix the instance computes, but cost nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from pdserve.cluster.cost_model import StepCostModel, StepShape
 from pdserve.sched.plan import StepPlan, StepResult
@@ -35,8 +34,9 @@ class CostExecutor:
 
     def execute(self, plan: StepPlan) -> StepResult:
         sampled = {s.request.request_id: SIM_TOKEN_ID for s in plan.seqs if s.samples}
-        for request_id in plan.finished_ids:
-            self.remote_tokens.pop(request_id, None)
+        if self.remote_tokens:
+            for request_id in plan.finished_ids:
+                self.remote_tokens.pop(request_id, None)
         if self.step_time is not None:
             return StepResult(sampled, duration_s=self.step_time(plan))
         return StepResult(sampled, duration_s=self.cost.step_time(self._shape(plan)))
@@ -131,10 +131,10 @@ class SimInstance:
 
     def publish(self, now: float) -> InstanceSnapshot:
         """The snapshot the controller gets after each step (as `EngineCore.snapshot`)."""
-        snap = self.scheduler.snapshot(self.instance_id, now)
         plan, result = self.plan, self.result
-        self.view = replace(
-            snap,
+        self.view = self.scheduler.snapshot(
+            self.instance_id,
+            now,
             step_time_s=result.duration_s if result is not None else 0.0,
             step_tokens=plan.num_batched_tokens if plan is not None else 0,
             role=self.role,
