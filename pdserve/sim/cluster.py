@@ -49,6 +49,12 @@ class SimConfig:
     max_retries: int = 1  # re-routes of a request whose instance died before its first token
     failures: tuple[tuple[float, str, float], ...] = ()  # (time_s, instance_id, downtime_s)
     record_plans: bool = False  # keep every (start_s, plan.summary()) per instance
+    # Serving costs outside the step-time profile (measured by benchmarks/bench_sim_fidelity.py):
+    # a request reaches its instance's scheduler this long after it was sent (HTTP, routing, the
+    # worker hop, and the way back of its tokens, lumped on the way in) ...
+    request_overhead_s: float = 0.0
+    # ... and each step takes this much host time beyond the engine's step (the worker loop).
+    step_overhead_s: float = 0.0
     trace: bool = False  # Chrome-trace events (steps, transfers, faults)
 
 
@@ -113,7 +119,7 @@ class SimCluster:
             if req.session_id is not None and req.turn > 0:
                 self._next_turn[(req.session_id, req.turn)] = req  # sent when turn - 1 ends
             else:
-                arrivals.append((req.arrival_s, Arrival(req)))
+                arrivals.append((req.arrival_s + self.config.request_overhead_s, Arrival(req)))
         arrivals.sort(key=lambda a: a[0])  # stable: ties keep the workload's order
         self.loop.preload(arrivals)
         for time_s, instance_id, downtime_s in self.config.failures:
@@ -154,7 +160,7 @@ class SimCluster:
             self.loop.push(now, StepStart(inst))
 
     def _start(self, inst: SimInstance, now: float) -> None:
-        duration_s = inst.start_step(now)
+        duration_s = inst.start_step(now) + self.config.step_overhead_s
         if self.config.record_plans:
             self.plans[inst.instance_id].append((now, inst.plan.summary()))
         if self.trace is not None:
@@ -285,5 +291,6 @@ class SimCluster:
             return
         nxt = self._next_turn.pop((bench.session_id, bench.turn + 1), None)
         if nxt is not None:
-            self._reqs[nxt.request_id].timeline.send_s = max(now, nxt.arrival_s)
-            self.loop.push(max(now, nxt.arrival_s), Arrival(nxt))
+            send_s = max(now, nxt.arrival_s)
+            self._reqs[nxt.request_id].timeline.send_s = send_s
+            self.loop.push(send_s + self.config.request_overhead_s, Arrival(nxt))

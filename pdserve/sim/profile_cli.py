@@ -84,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
     cost = StepCostModel.fit(shapes, times)
     device = engine.device.type if engine.device.type == "cpu" else torch.cuda.get_device_name()
     model = engine.model_config.name or args.model or "embedded"
-    name = args.name or f"{engine.device.type}-{model.replace('dummy:', '')}"
+    short = Path(model).stem if "/" in model else model.replace("dummy:", "")  # a path: its file
+    name = args.name or f"{engine.device.type}-{short}"
     elem = torch.finfo(engine.dtype).bits // 8
     profile = {
         "name": name, "kind": "measured", "device": device, "model": model,

@@ -1,0 +1,290 @@
+"""Simulator fidelity: one workload through the real server and through the simulator.
+
+    # CPU, embedded model, one instance and a 2-instance cluster (`pdserve up`)
+    python benchmarks/bench_sim_fidelity.py --device cpu --rates 0.5,1,2
+    python benchmarks/bench_sim_fidelity.py --device cpu --instances 2 --rates 1,2,4
+    # H100, Llama-3.1-8B shape with random weights
+    python benchmarks/bench_sim_fidelity.py --device cuda --model dummy:llama-3.1-8b --rates 2,8,16
+
+Steps, all on this machine:
+  1. profile: `pdserve profile` on the device (the same engine flags as the server), unless
+     `--profile FILE` gives one;
+  2. calibration: a few requests one at a time through the real server, to measure what the
+     step-time profile does not hold: the front end's fixed latency (HTTP, routing, the worker
+     hop) before a request reaches the scheduler and after its tokens leave it, and the worker
+     loop's host time per step beyond `EngineCore.step()` (`--no-calibrate`: both 0);
+  3. per rate: the workload (random prompts, `--input-len` / `--output-len`, Poisson arrivals)
+     through the real server with the bench client, then through the simulator
+     (`pdserve.sim.run.simulate`, the measured profile, the same fleet and routing policy);
+  4. a table of mean and p90 TTFT and TPOT, real vs sim, with the error in %, and JSON.
+
+The server runs as a subprocess (`pdserve serve`, or `pdserve up --instances N`), the client in
+this process; nothing needs the network beyond 127.0.0.1. On a small shared CPU box the server,
+its workers, the client and other work share the cores: note the load with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pdserve.bench.arrivals import with_arrivals  # noqa: E402
+from pdserve.bench.workload import random_workload  # noqa: E402
+from pdserve.metrics import summarize, tpot_s, ttft_s  # noqa: E402
+
+METRICS = ("ttft", "tpot")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def engine_flags(args) -> list[str]:
+    flags = ["--device", args.device,
+             "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+             "--max-num-seqs", str(args.max_num_seqs),
+             "--block-size", str(args.block_size)]  # fmt: skip
+    if args.model:
+        flags += ["--model", args.model]
+    if args.num_blocks:
+        flags += ["--num-blocks", str(args.num_blocks)]
+    if args.max_model_len:
+        flags += ["--max-model-len", str(args.max_model_len)]
+    return flags
+
+
+def measure_profile(args, path: Path) -> None:
+    """`pdserve profile` with the server's engine flags (its own parser: no --block-size)."""
+    cmd = [sys.executable, "-m", "pdserve", "profile", "--device", args.device,
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+           "--prefill-lens", args.prefill_lens, "--batch-sizes", args.batch_sizes,
+           "--context-lens", args.context_lens, "--repeats", str(args.repeats),
+           "--out", str(path)]  # fmt: skip
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    print("profile:", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, env=_env(args), timeout=3600)
+
+
+def _env(args) -> dict:
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+class Server:
+    """`pdserve serve` (one instance) or `pdserve up --instances N`, as a subprocess."""
+
+    def __init__(self, args):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "pdserve"]
+        if args.instances == 1:
+            cmd += ["serve"]
+        else:
+            cmd += ["up", "--instances", str(args.instances), "--routing", args.routing]
+        cmd += ["--port", str(self.port), *engine_flags(args)]
+        if args.threads:
+            cmd += ["--worker-threads", str(args.threads)]
+        print("server:", " ".join(cmd[1:]), flush=True)
+        self.proc = subprocess.Popen(cmd, env=_env(args), stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + args.start_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not become healthy")
+            time.sleep(0.5)
+        self.model = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def real_run(server: Server, requests):
+    from pdserve.bench.client import ClientConfig, run_load
+
+    config = ClientConfig(server.url, server.model, prompt_format="tokens", show_progress=False)
+    return run_load(requests, config)
+
+
+def sim_run(requests, profile, args, overheads: dict):
+    from pdserve.cluster.policies import PolicyConfig
+    from pdserve.sim.cluster import SimConfig
+    from pdserve.sim.run import simulate
+
+    fleet = f"fused:{args.instances}"
+    config = SimConfig(
+        routing=args.routing,
+        policy=PolicyConfig(seed=args.seed),
+        request_overhead_s=overheads["request_s"],
+        step_overhead_s=overheads["step_s"],
+    )
+    return simulate(requests, fleet, {"": profile}, {"": 0.0}, config)
+
+
+def calibrate(server: Server, profile, args) -> dict:
+    """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing):
+
+        real TTFT - sim TTFT = request_s                  (front end in and out, per request)
+        real TPOT - sim TPOT = step_s                     (worker loop host time, per step)
+
+    The sim side runs the same requests with both at 0; medians resist a noisy box."""
+    zero = {"request_s": 0.0, "step_s": 0.0}
+    reqs = random_workload(args.calibration_requests, args.input_len, args.output_len,
+                           args.range_ratio, args.vocab_size, seed=args.seed + 1000)  # fmt: skip
+    # One at a time: each sent once the previous one surely ended.
+    ttft_d, tpot_d = [], []
+    for r in reqs:
+        real = real_run(server, [replace(r, arrival_s=0.0)]).timelines[0]
+        sim = sim_run([replace(r, arrival_s=0.0)], profile, args, zero).result.timelines[0]
+        if not real.is_success:
+            raise RuntimeError(f"calibration request failed: {real.error}")
+        ttft_d.append(ttft_s(real) - ttft_s(sim))
+        if tpot_s(real) is not None and tpot_s(sim) is not None:
+            tpot_d.append(tpot_s(real) - tpot_s(sim))
+    step_s = max(statistics.median(tpot_d), 0.0) if tpot_d else 0.0
+    # The first token's step (one prefill step) also carries the per-step host time.
+    request_s = max(statistics.median(ttft_d) - step_s, 0.0)
+    return {"request_s": request_s, "step_s": step_s}
+
+
+def row(metric: str, stat: str, real: dict, sim: dict) -> dict:
+    key = f"{stat}_{metric}_ms"
+    r, s = real.get(key), sim.get(key)
+    err = 100 * (s - r) / r if r and s is not None else math.nan
+    return {"metric": f"{stat} {metric.upper()} (ms)", "real": r, "sim": s, "error_pct": err}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="", help="'' = embedded model, or dummy:<shape> / path")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (CPU)")
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--routing", default=None, help="cluster policy (default: the controller's)")
+    p.add_argument("--rates", default="0.5,1,2", help="req/s, comma-separated")
+    p.add_argument("--num-prompts", type=int, default=40, help="per rate")
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=32)
+    p.add_argument("--range-ratio", type=float, default=0.5)
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--num-blocks", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=0)
+    p.add_argument("--profile", default=None, help="use this profile JSON instead of measuring")
+    p.add_argument("--prefill-lens", default="16,64,128,256,512")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16")
+    p.add_argument("--context-lens", default="64,256")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-calibrate", action="store_true", help="no front-end / loop overheads")
+    p.add_argument("--calibration-requests", type=int, default=6)
+    p.add_argument("--warmup-requests", type=int, default=4)
+    p.add_argument("--start-timeout-s", type=float, default=600.0)
+    p.add_argument("--result-dir", default=str(ROOT / "docs/results/sim_fidelity"))
+    p.add_argument("--label", default=None)
+    args = p.parse_args()
+    if args.routing is None:
+        from pdserve.cluster.policies import DEFAULT_POLICY
+
+        args.routing = DEFAULT_POLICY
+    from pdserve.sim.profiles import load_profile
+
+    out = Path(args.result_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_name = (args.model or "embedded").replace("dummy:", "").replace("/", "_")
+    label = args.label or f"{args.device}-{model_name}-x{args.instances}"
+    profile_path = Path(args.profile) if args.profile else out / f"profile-{label}.json"
+    if not args.profile:
+        measure_profile(args, profile_path)
+    profile = load_profile(str(profile_path))
+    print(f"profile {profile.name}: {profile.cost}", flush=True)
+
+    load_before = os.getloadavg()
+    server = Server(args)
+    try:
+        warm = random_workload(args.warmup_requests, args.input_len, args.output_len,
+                               args.range_ratio, args.vocab_size, args.seed + 2000)  # fmt: skip
+        real_run(server, warm)
+        overheads = (
+            {"request_s": 0.0, "step_s": 0.0}
+            if args.no_calibrate
+            else calibrate(server, profile, args)
+        )
+        print(f"overheads: front end {overheads['request_s'] * 1e3:.2f} ms per request, "
+              f"worker loop {overheads['step_s'] * 1e3:.2f} ms per step", flush=True)  # fmt: skip
+        points = []
+        base = random_workload(args.num_prompts, args.input_len, args.output_len,
+                               args.range_ratio, args.vocab_size, seed=args.seed)  # fmt: skip
+        for rate in (float(r) for r in args.rates.split(",")):
+            requests = with_arrivals(base, rate, seed=args.seed)
+            real = real_run(server, requests)
+            real_summary = summarize(real.timelines, real.duration_s, percentiles=(50, 90))
+            sim = sim_run(requests, profile, args, overheads)
+            sim_summary = summarize(sim.result.timelines, sim.result.duration_s,
+                                    percentiles=(50, 90))  # fmt: skip
+            r, s = real_summary.to_dict(), sim_summary.to_dict()
+            rows = [row(m, stat, r, s) for m in METRICS for stat in ("mean", "p90")]
+            points.append({"rate": rate, "rows": rows, "real": r, "sim": s})
+            print(f"\nrate {rate:g} req/s: {r['completed']}/{r['num_requests']} real completed, "
+                  f"{s['completed']} sim", flush=True)  # fmt: skip
+            print(f"  {'':18s} {'real':>9s} {'sim':>9s} {'error':>8s}")
+            for x in rows:
+                print(f"  {x['metric']:18s} {x['real']:9.1f} {x['sim']:9.1f} "
+                      f"{x['error_pct']:+7.1f}%")  # fmt: skip
+    finally:
+        server.stop()
+    load_after = os.getloadavg()
+    result = {
+        "label": label,
+        "command": " ".join(sys.argv),
+        "args": vars(args),
+        "profile": str(profile_path),
+        "profile_cost": profile.cost.to_dict(),
+        "overheads_s": overheads,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "cpu_count": os.cpu_count(),
+        "points": points,
+    }
+    path = out / f"fidelity-{label}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nload average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"({os.cpu_count()} cores); wrote {path}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
