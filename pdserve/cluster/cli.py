@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pd-link-latency-ms", type=float, default=1.0, help="PD: per-transfer latency, ms"
     )
+    parser.add_argument(
+        "--pd-max-decode-step-ms",
+        type=float,
+        default=50.0,
+        help="PD cost mode: a busy decode instance prefills locally only if the step with the "
+        "prefill stays under this (the running requests' TBT budget)",
+    )
     parser.add_argument("--kv-transport", default="nixl", choices=("nixl", "inproc", "cuda_ipc"))
     parser.add_argument(
         "--prefix-pull",
@@ -120,7 +127,12 @@ def controller_config(args: argparse.Namespace):
         args.max_retries,
         slo,
         control_token=args.control_token,
-        pd=PDConfig(args.pd_disaggregation, args.pd_link_gbps, args.pd_link_latency_ms / 1000),
+        pd=PDConfig(
+            args.pd_disaggregation,
+            args.pd_link_gbps,
+            args.pd_link_latency_ms / 1000,
+            max_decode_step_s=args.pd_max_decode_step_ms / 1000,
+        ),
         pull=None
         if args.prefix_pull == "off"
         else PullConfig(args.prefix_pull, args.pd_link_gbps, args.pd_link_latency_ms / 1000),

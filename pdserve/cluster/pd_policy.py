@@ -6,7 +6,10 @@
                                  queue wait + prefill of what p lacks cached (estimate_ttft_s)
     fused   = TTFT(decode) of prefilling there (what the decode lacks cached, behind its load)
 
-    mode "cost":   fused when TTFT(decode) <= TTFT(prefill) + transfer, else the pair
+    mode "cost":   fused when TTFT(decode) <= TTFT(prefill) + transfer, else the pair; but never
+                   fused when the decode instance has running sequences and a step carrying our
+                   prefill chunk would exceed `max_decode_step_s` (their TBT budget): the stall
+                   a prefill inflicts on running decodes is what disaggregation exists to avoid
     mode "always": the pair whenever a prefill instance is live;  "never": fused on decode
 
 Remote prefix pull (`plan_pull`): when another instance holds more of the prompt's leading
@@ -84,6 +87,16 @@ def pick_decode(
     return min(range(len(decodes)), key=key)
 
 
+def decode_stall_step_s(c: Candidate, prompt_len: int, max_batched_tokens: int) -> float:
+    """The step time the decode instance's running sequences would see with (a chunk of) the
+    prompt's uncached part in it; 0 when nothing runs there (an idle instance stalls nobody)."""
+    if c.snap.num_running == 0:
+        return 0.0
+    num_cached = cached_blocks(prompt_len, c.num_cached_blocks, c.snap.block_size)
+    num_uncached = prompt_len - num_cached * c.snap.block_size
+    return c.step_time(min(max_batched_tokens, c.snap.num_running + num_uncached))
+
+
 def prefill_ttft_s(c: Candidate, prompt_len: int, max_batched_tokens: int) -> float:
     """Estimated TTFT of prefilling the prompt on `c`: what it lacks cached, behind its queue."""
     num_cached = cached_blocks(prompt_len, c.num_cached_blocks, c.snap.block_size)
@@ -100,6 +113,7 @@ def choose_pd(
     link: Callable[[str, str], Link],
     max_batched_tokens: int,
     mode: str = "cost",
+    max_decode_step_s: float = math.inf,
 ) -> PDChoice:
     """The decode instance, and the prefill instance or None (fused on the decode instance).
 
@@ -126,6 +140,11 @@ def choose_pd(
         prefill_id = None
     elif mode == "always":
         why = "mode always"
+    elif (stall_s := decode_stall_step_s(d, prompt_len, max_batched_tokens)) > max_decode_step_s:
+        why = (
+            f"cost: a step with this prefill would take {stall_s * 1e3:.2f} ms on the decode "
+            f"instance > its TBT budget {max_decode_step_s * 1e3:.2f} ms"
+        )
     elif fused_s <= best_s:
         why = f"cost: prefill here {fused_s * 1e3:.2f} ms <= pair {best_s * 1e3:.2f} ms"
         prefill_id = None

@@ -63,6 +63,9 @@ class PDConfig:
     links: tuple[tuple[str, str, float, float], ...] = ()
     reserve_timeout_s: float = 60.0  # the decode instance's blocks may be short for a while
     send_timeout_s: float = 30.0  # no KV_SENT by then: the transfer counts as failed
+    # A decode instance with running sequences prefills locally only if the mixed step stays
+    # within this (their TBT budget); inf: TTFT alone decides.
+    max_decode_step_s: float = 0.05
 
 
 class PDMetrics:
@@ -181,6 +184,7 @@ class PDRouter:
             len(req.prompt_token_ids), req.sampling.max_tokens, candidates(prefills),
             candidates(decodes), self._kv_block_bytes(decodes[0].info.kv_meta), self.link,
             self.ctrl.config.policy.max_batched_tokens, self.config.disaggregation,
+            self.config.max_decode_step_s,
         )  # fmt: skip
         self.last_choice = choice
         prefill = self.ctrl.registry.get(choice.prefill_id) if choice.prefill_id else None

@@ -194,3 +194,25 @@ def test_pull_prefers_the_holder_with_the_largest_saving():
                      lambda h, t: links[h], linear(0.01, 1e-3))  # fmt: skip
     # far: 480 ms saved - 301 ms of transfer; near: 400 ms saved - 3.5 ms
     assert plan.holder_id == "near" and plan.is_pull
+
+
+def test_busy_decode_never_takes_a_prefill_that_breaks_its_tbt_budget():
+    """Same cost models and an idle prefill instance behind a slow link: prefilling on the decode
+    instance wins on TTFT, but with 8 requests decoding there a step carrying 512 prompt tokens
+    takes 0.01 + 1e-4 x 520 = 62 ms, over a 50 ms TBT budget, so the prompt is handed off; an
+    idle decode instance (nobody to stall) or a 100 ms budget keeps it local."""
+    slow = lambda p, d: Link(0.1e9, 5e-3)  # noqa: E731  (0.1 GB/s: 32 blocks take 320 ms)
+    prefills = [cand("p0")]
+    busy = [cand("d0", num_running=8)]
+    args = (512, 16, prefills)
+
+    def pick(decodes, budget_s):
+        return choose_pd(*args, decodes, BLOCK_BYTES, slow, BUDGET, "cost", budget_s)
+
+    handed_off = pick(busy, 0.050)
+    assert handed_off.prefill_id == "p0"
+    assert handed_off.est_fused_s < handed_off.est_pair_s  # TTFT alone would keep it local
+    assert "TBT budget 50.00 ms" in handed_off.reason
+    assert pick(busy, 0.100).prefill_id is None
+    assert pick([cand("d0")], 0.050).prefill_id is None
+    assert pick(busy, math.inf).prefill_id is None
