@@ -106,7 +106,10 @@ async def create_completion(state: ServerState, body: CompletionRequest, http: H
             offset = len(prefix_text) + len(out.text) - len(text)
             lps = choice_logprobs(c, new_lps, out.token_ids[len(out.token_ids) - n_new :],
                                   offset, prefix_lps)  # fmt: skip
-            if not (prefix_text or text or reason or lps):
+            # A model without a tokenizer has no text: each token still gets its (empty) chunk,
+            # so that clients see when tokens arrive.
+            tokens_only = state.tokenizer is None and n_new > 0
+            if not (prefix_text or text or reason or lps or tokens_only):
                 return None
             choice = {"index": index, "text": prefix_text + text, "logprobs": lps,
                       "finish_reason": reason}  # fmt: skip
