@@ -95,11 +95,13 @@ class Window:
 
 
 def pin(fleet: LocalFleet) -> None:
-    """This process on the first core, the workers on the others."""
+    """Every thread of this process (the ZMQ I/O thread too) on the first core, the workers
+    on the others."""
     if len(CORES) > 1:
         for proc in fleet.procs.values():
             os.sched_setaffinity(proc.pid, set(CORES[1:]))
-    os.sched_setaffinity(0, {CORES[0]})
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {CORES[0]})
 
 
 async def start(args, routing: str, metrics: ControllerMetrics):
