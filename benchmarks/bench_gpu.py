@@ -114,16 +114,16 @@ def step_profile(llm: LLM, requests) -> dict:
     return summary
 
 
-def num_compiled_kernels() -> int:
+def compiled_kernels() -> set[str]:
     """Compiled variants of our Triton kernels so far (JIT inside a timed run shows here)."""
     from pdserve.model.ops import triton_attention, triton_elementwise, triton_kv_store
 
-    total = 0
+    keys = set()
     for module in (triton_attention, triton_elementwise, triton_kv_store):
-        for obj in vars(module).values():
+        for name, obj in vars(module).items():
             for cache, *_ in getattr(obj, "device_caches", {}).values():
-                total += len(cache)
-    return total
+                keys.update(f"{name}:{key}" for key in cache)
+    return keys
 
 
 def hf_from(model, attn: str):
@@ -192,12 +192,14 @@ def bench_model(name: str, parts: set[str], args, card, results: list) -> None:
     fl = floor(shape, [r.prompt_len for r in w1], [r.output_len for r in w1], card)
     if "w1" in parts:
         for run in ("first", "second"):
-            compiled = num_compiled_kernels()
+            compiled = compiled_kernels()
             elapsed, out = timed_generate(llm, w1)
+            new = sorted(compiled_kernels() - compiled)
             emit(results, what="pdserve_w1", model=name, run=run, s=elapsed, output_tokens=out,
                  output_tok_per_s=out / elapsed, floor_tok_per_s=fl.output_tok_per_s,
                  fraction_of_floor=out / elapsed / fl.output_tok_per_s,
-                 kernels_compiled_during_run=num_compiled_kernels() - compiled)  # fmt: skip
+                 kernels_compiled_during_run=len(new),
+                 new_kernels=[k[:600] for k in new])  # fmt: skip
     if "profile" in parts:
         emit(results, what="pdserve_w1_profile", model=name, **step_profile(llm, w1))
     if "sync" in parts:  # the same engine with async scheduling off, for comparison
