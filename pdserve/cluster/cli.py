@@ -161,6 +161,8 @@ def main(args: argparse.Namespace) -> int:
         WORKER_MODULE,
         LocalFleet,
         LocalFleetConfig,
+        split_gpus,
+        visible_gpus,
     )
     from pdserve.server.app import build_app
     from pdserve.server.cli import Progress, load_server_tokenizer, worker_argv
@@ -201,10 +203,16 @@ def main(args: argparse.Namespace) -> int:
         argv = worker_argv(args) if not args.fake_workers else _fake_argv(args)
         env = {"PDSERVE_CONTROL_TOKEN": args.control_token} if args.control_token else {}
         module = FAKE_WORKER_MODULE if args.fake_workers else WORKER_MODULE
-        for prefix, n, extra in roles:
+        # One GPU per local worker (Ray places its own): worker i of the fleet gets GPU i.
+        on_gpu = (
+            fleet_class is LocalFleet and args.device in ("auto", "cuda") and not args.fake_workers
+        )
+        gpus = split_gpus(visible_gpus() if on_gpu else (), [n for _, n, _ in roles])
+        for (prefix, n, extra), fleet_gpus in zip(roles, gpus):
             fleet_config = LocalFleetConfig(
-                n, (*argv, *extra), module, id_prefix=prefix, restart=args.restart_workers, env=env
-            )
+                n, (*argv, *extra), module, id_prefix=prefix, restart=args.restart_workers,
+                env=env, gpus=fleet_gpus,
+            )  # fmt: skip
             fleets.append(fleet_class(fleet_config, controller.address, controller.mark_dead))
     failure: list[str] = []
     server: uvicorn.Server | None = None

@@ -30,6 +30,37 @@ class LocalFleetConfig:
     id_prefix: str = "worker"
     restart: bool = False  # start a worker again when its process exits
     env: dict[str, str] = field(default_factory=dict)  # added to each worker's environment
+    # GPUs for the workers, in order (worker i gets gpus[i % len]); () leaves CUDA_VISIBLE_DEVICES
+    gpus: tuple[str, ...] = ()
+
+    def worker_env(self, index: int) -> dict[str, str]:
+        if not self.gpus:
+            return self.env
+        return {**self.env, "CUDA_VISIBLE_DEVICES": self.gpus[index % len(self.gpus)]}
+
+
+def visible_gpus() -> tuple[str, ...]:
+    """This machine's GPUs as CUDA_VISIBLE_DEVICES entries, without importing torch: the
+    variable itself when set, else one per `nvidia-smi -L` line; () without GPUs."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return tuple(g.strip() for g in listed.split(",") if g.strip())
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    lines = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    return tuple(str(i) for i in range(len(lines))) if out.returncode == 0 else ()
+
+
+def split_gpus(gpus: Sequence[str], sizes: Sequence[int]) -> list[tuple[str, ...]]:
+    """One GPU per worker across fleets of `sizes` workers, in order, wrapping around when
+    there are more workers than GPUs (they then share)."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(tuple(gpus[(at + i) % len(gpus)] for i in range(n)) if gpus else ())
+        at += n
+    return out
 
 
 def worker_args(
@@ -81,7 +112,8 @@ class LocalFleet:
 
     def spawn(self, instance_id: str, extra_argv: Sequence[str] = ()) -> subprocess.Popen:
         args = worker_args(self.config, self.driver_address, instance_id, extra_argv)
-        proc = start_worker_process(args, self.config.env)
+        index = self.instance_ids.index(instance_id) if instance_id in self.instance_ids else 0
+        proc = start_worker_process(args, self.config.worker_env(index))
         self.procs[instance_id] = proc
         return proc
 
