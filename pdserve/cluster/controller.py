@@ -369,7 +369,9 @@ class Controller:
         self._wake()  # more may wait: let other callbacks run first
 
     def _wake(self) -> None:
-        if not self._is_drain_due and self._loop is not None:
+        """Schedule one `_drain` (sends after `close`, e.g. from a generator's cleanup, have
+        nothing to read and may find the loop closed)."""
+        if not self._is_drain_due and self._loop is not None and not self._sock.closed:
             self._is_drain_due = True
             self._loop.call_soon(self._drain)
 
