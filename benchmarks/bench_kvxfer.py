@@ -13,9 +13,9 @@ CPU (always), one thread: NIXL (UCX picks CMA for a same-host peer) into the rec
 which is anonymous memory as in a worker. The memcpy references move the same bytes with the same
 descriptors: from this process into a shared-memory mirror of the receiver's cache (4 KiB pages:
 tmpfs gives no huge pages here), and, in this process, between two caches on 2 MiB pages (the
-pages NIXL's registration gives the caches). NIXL rows: one request, 32 layer-by-layer requests,
-without the progress thread, 2048 descriptors of 64 KiB (every block its own run), and on 4 KiB
-pages (huge_pages=False on both sides: the behaviour before registration asked for huge pages).
+pages NIXL's registration gives the caches). NIXL rows: one request (moved inside `poll`), one
+with the sender's progress thread, 32 layer-by-layer requests, 2048 descriptors of 64 KiB (every
+block its own run), and on 4 KiB pages (huge_pages=False on both sides).
 GPU (2+ GPUs): CUDA IPC cuda:0 -> cuda:1 (memcpy per descriptor, strided kernel, layer by
 layer) and NIXL on VRAM, vs a plain cuda:0 -> cuda:1 copy of 128 MiB in one process.
 """
@@ -200,8 +200,8 @@ def cpu_section(iters: int) -> list[dict]:
     nbytes = NUM_LAYERS * REQ_BLOCKS * src[0, 0].numel() * src.element_size()
     variants = [
         Variant("nixl request", "huge"),
+        Variant("nixl request, progress thread", "huge", {"progress_thread": True}),
         Variant("nixl layer-by-layer (32 requests)", "huge", per_layer=True),
-        Variant("nixl request, no progress thread", "huge", {"progress_thread": False}),
         Variant("nixl request, 2048 x 64 KiB", "huge", dst_ids=SCATTERED_DST_IDS),
         Variant("nixl request, 4 KiB pages", "4k", {"huge_pages": False}, src="src_4k"),
     ]

@@ -1,11 +1,22 @@
-"""NIXL transport: one NIXL agent per instance, the whole KV tensor registered as one region,
-each transfer one NIXL request over the spec's coalesced descriptors (one per layer and run).
+"""NIXL transport: one instance's KV tensor registered as one region, each transfer one NIXL
+request over the spec's coalesced descriptors (one per layer and run).
 
 push = NIXL WRITE (local src -> peer dst), pull = NIXL READ (peer src -> local dst). The peer
 only has to have registered its cache and handed over its metadata; the initiator drives the
 transfer. UCX picks the wire per peer, no UCX_TLS needed: on one host a DRAM put is one
 process_vm_writev per 512 KiB segment (CMA: single copy, the kernel pins the peer's pages), RDMA or
-TCP across hosts, CUDA for VRAM; TCP only carries the connection set-up.
+TCP across hosts, CUDA for VRAM; TCP carries only the connection set-up.
+
+Two agents per instance, both with the cache registered:
+
+    peer's sender agent ──connects to──> our receiver agent   (metadata we hand out; a progress
+                                                               thread answers connection set-up)
+    our sender agent    ──connects to──> peer's receiver agent (posts our transfers; `poll` drives
+                                                               them, so the copy runs in the caller)
+
+NIXL's Python wrapper starts progress threads that never sleep (poll timeout 0): each spins a
+core, which on a 2-core box slowed compute and every copy, this transport's own included. Ours
+sleep in poll() for up to PROGRESS_THREAD_DELAY_US between UCX events.
 
 CMA pins and copies page by page, so on 4 KiB pages it reached ~60 % of a memcpy on the 2-core
 dev box; registration therefore backs a DRAM cache with 2 MiB transparent huge pages, after which
@@ -14,10 +25,12 @@ CMA runs at memcpy speed (benchmarks/bench_kvxfer.py). RDMA registration gains t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +45,7 @@ from pdserve.kvxfer.spec import Direction, PeerMetadata
 logger = logging.getLogger(__name__)
 
 HUGE_PAGE_BYTES = 2 << 20
+PROGRESS_THREAD_DELAY_US = 1000  # NIXL's progress thread: poll() timeout between UCX events
 _MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25  # <linux/mman.h>; MADV_COLLAPSE since Linux 6.1
 
 
@@ -42,6 +56,41 @@ def load_nixl():
     except ImportError:
         from nixl._api import nixl_agent, nixl_agent_config  # the unsuffixed wheel
     return nixl_agent, nixl_agent_config
+
+
+_config_swap = threading.Lock()
+
+
+def make_agent(name: str, backends: tuple[str, ...], progress_thread: bool):
+    """A NIXL agent whose progress thread, if any, sleeps between UCX events (the wrapper's
+    nixl_agent always sets the thread's poll delay to 0, a busy spin: the delay is set here by
+    handing it a config type that keeps ours)."""
+    nixl_agent, nixl_agent_config = load_nixl()
+    config = nixl_agent_config(enable_prog_thread=progress_thread, backends=list(backends))
+    if not progress_thread:
+        return nixl_agent(name, config)
+    bindings = getattr(sys.modules[nixl_agent.__module__], "nixlBind", None)
+    if bindings is None or not hasattr(bindings, "nixlAgentConfig"):
+        logger.warning("%s: cannot set NIXL's progress thread delay; it will spin", name)
+        return nixl_agent(name, config)
+    base = bindings.nixlAgentConfig
+
+    class _SleepingConfig(base):
+        def __setattr__(self, key, value):
+            super().__setattr__(key, PROGRESS_THREAD_DELAY_US if key == "pthrDelay" else value)
+
+    with _config_swap, _swapped(bindings, "nixlAgentConfig", _SleepingConfig):
+        return nixl_agent(name, config)
+
+
+@contextlib.contextmanager
+def _swapped(obj, attr: str, value):
+    saved = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, saved)
 
 
 def back_with_huge_pages(tensor) -> int:
@@ -85,14 +134,16 @@ class NixlTransport(TransportBase):
         timeout_s: float = 10.0,
         clock: Callable[[], float] | None = None,
         backends: tuple[str, ...] = ("UCX",),
-        progress_thread: bool = True,
+        progress_thread: bool = False,
         huge_pages: bool = True,
     ):
+        """progress_thread: also drive this side's transfers from a (sleeping) thread, so they
+        move between polls; without it they move inside `poll`. huge_pages: back a DRAM cache
+        with 2 MiB pages at registration."""
         super().__init__(name, timeout_s=timeout_s, clock=clock)
-        nixl_agent, nixl_agent_config = load_nixl()
-        config = nixl_agent_config(enable_prog_thread=progress_thread, backends=list(backends))
-        self.agent = nixl_agent(name, config)
-        self._reg_descs = None
+        self.receiver = make_agent(name, backends, progress_thread=True)
+        self.agent = make_agent(f"{name}:send", backends, progress_thread=progress_thread)
+        self._reg_descs: list[tuple[Any, Any]] = []  # (agent, its registration)
         self._local: _NixlPeer | None = None
         self.huge_pages = huge_pages
         self.huge_page_bytes = 0  # bytes of the registered cache on 2 MiB pages
@@ -103,12 +154,13 @@ class NixlTransport(TransportBase):
             self.huge_page_bytes = back_with_huge_pages(kv_cache)
             logger.info("%s: %d MiB of the KV cache on huge pages (%.0f ms)", self.name,
                         self.huge_page_bytes >> 20, 1e3 * (time.perf_counter() - t0))  # fmt: skip
-        self._reg_descs = self.agent.register_memory(kv_cache)  # one region: the whole tensor
+        for agent in (self.receiver, self.agent):  # one region each: the whole tensor
+            self._reg_descs.append((agent, agent.register_memory(kv_cache)))
         mem_type = "VRAM" if kv_cache.is_cuda else "DRAM"
         device_id = kv_cache.device.index if kv_cache.is_cuda else 0
         self._local = _NixlPeer(self.name, kv_cache.data_ptr(), device_id, mem_type)
         return {
-            "agent_metadata": self.agent.get_agent_metadata(),  # bytes; includes the region
+            "agent_metadata": self.receiver.get_agent_metadata(),  # bytes; includes the region
             "base_addr": self._local.base_addr,
             "device_id": device_id,
             "mem_type": mem_type,
@@ -160,6 +212,6 @@ class NixlTransport(TransportBase):
         for _, peer in self._peers.values():
             self.agent.remove_remote_agent(peer.agent_name)
         self._peers.clear()
-        if self._reg_descs is not None:
-            self.agent.deregister_memory(self._reg_descs)
-            self._reg_descs = None
+        for agent, descs in self._reg_descs:
+            agent.deregister_memory(descs)
+        self._reg_descs.clear()
