@@ -293,7 +293,10 @@ class Controller:
         record.add_unstarted(req.request_id, max(len(req.prompt_token_ids) - num_matched, 1))
         self.pending.add(record.instance_id, hashes)
         if send:  # else the caller sends the SUBMIT later (cluster/pull.py)
-            self._send(record, P.SUBMIT, P.encode_request(req))
+            # Hashed at the instance's block size, the prompt need not be hashed again there.
+            hasher = self._hasher
+            fits = hashes and hasher is not None and hasher.block_size == record.info.block_size
+            self._send(record, P.SUBMIT, P.encode_request(req, hashes if fits else None))
         return flight
 
     def _release(self, rid: str) -> None:

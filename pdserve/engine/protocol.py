@@ -38,6 +38,7 @@ driver half):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -165,15 +166,20 @@ def decode_info(data) -> WorkerInfo:
     return WorkerInfo(*data)
 
 
-def encode_request(req: Request) -> list:
+def encode_request(req: Request, block_hashes: Sequence[int] | None = None) -> list:
+    """`block_hashes` (default: the request's own) are its prompt's chained block hashes at
+    the receiving instance's block size, when the sender computed them: the worker skips
+    hashing the prompt (sched/request.py uses them when their number fits)."""
+    hashes = req.block_hashes if block_hashes is None else block_hashes
     return [req.request_id, req.prompt_token_ids, _flat(req.sampling), req.arrival_s,
-            req.priority, req.eos_token_ids, req.kv_role and req.kv_role.value]  # fmt: skip
+            req.priority, req.eos_token_ids, req.kv_role and req.kv_role.value, hashes]  # fmt: skip
 
 
 def decode_request(data) -> Request:
     rid, prompt, sampling, arrival_s, priority, eos, *rest = data
     role = KVRole(rest[0]) if rest and rest[0] else None
-    return Request(rid, prompt, SamplingParams(*sampling), arrival_s, priority, eos, role)
+    hashes = tuple(rest[1]) if len(rest) > 1 else ()
+    return Request(rid, prompt, SamplingParams(*sampling), arrival_s, priority, eos, role, hashes)
 
 
 def encode_kv_order(order: KVSendOrder) -> list:

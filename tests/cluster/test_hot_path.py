@@ -155,9 +155,9 @@ def test_a_raw_worker_registers_gets_the_submit_and_streams_tokens_back():
 
             consumer = asyncio.create_task(consume())
             msg_type, body = await worker.recv()
-            assert msg_type == P.SUBMIT and P.decode_request(body[0]).prompt_token_ids == tuple(
-                range(10)
-            )
+            submitted = P.decode_request(body[0])
+            assert msg_type == P.SUBMIT and submitted.prompt_token_ids == tuple(range(10))
+            assert submitted.block_hashes == tuple(hash_blocks(range(10), 4))  # worker: no hashing
             first = TokenEvent("r1", (7,), num_prompt_tokens=10)
             last = TokenEvent("r1", (8,), FinishReason.LENGTH, num_prompt_tokens=10)
             worker.send(P.TOKENS, [P.encode_event(first)])
@@ -196,3 +196,11 @@ def test_a_worker_whose_socket_is_gone_is_taken_out_on_the_next_send():
             await controller.close(shutdown_workers=False)
 
     asyncio.run(main())
+
+
+def test_a_submit_carries_block_hashes_and_one_without_them_still_decodes():
+    req = request("r1", range(9))
+    encoded = P.encode_request(req, [11, 12])
+    assert P.decode_request(encoded).block_hashes == (11, 12)
+    assert P.decode_request(P.encode_request(req)).block_hashes == ()
+    assert P.decode_request(encoded[:7]) == req  # a sender from before the field
