@@ -184,3 +184,38 @@ def test_push_over_tcp_alone_as_between_two_hosts(pair, monkeypatch):
         assert_moved_exactly(src, peer.cache(), [2, 3, 9], [4, 5, 1])
     finally:
         prefill.close()
+
+
+def test_agents_get_a_progress_thread_that_sleeps_between_events(monkeypatch):
+    """NIXL's wrapper sets the thread's poll delay to 0 (a busy spin); make_agent keeps ours."""
+    import sys
+
+    from pdserve.kvxfer.nixl import PROGRESS_THREAD_DELAY_US, load_nixl, make_agent
+
+    bindings = sys.modules[load_nixl()[0].__module__].nixlBind
+    delays = []
+
+    class Recording(bindings.nixlAgentConfig):
+        def __setattr__(self, key, value):
+            if key == "pthrDelay":
+                delays.append(value)
+            super().__setattr__(key, value)
+
+    monkeypatch.setattr(bindings, "nixlAgentConfig", Recording)
+    make_agent("sleepy", ("UCX",), progress_thread=True)
+    assert delays == [PROGRESS_THREAD_DELAY_US]
+    assert bindings.nixlAgentConfig is Recording  # put back after the agent was made
+
+
+def test_an_idle_transport_uses_almost_no_cpu(pair):
+    """Its threads sleep in poll(): a spinning one took 0.2-1 CPU s per s here."""
+    import resource
+    import time
+
+    def cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu0, wall0 = cpu_s(), time.perf_counter()
+    time.sleep(1.0)
+    assert (cpu_s() - cpu0) / (time.perf_counter() - wall0) < 0.15
