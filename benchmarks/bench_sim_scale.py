@@ -1,14 +1,24 @@
 """Simulator scale: N requests over M fused instances (H100, Qwen3-0.6B roofline profile),
-timed on one core. The real scheduler runs every step, so the cost is per scheduled sequence-step:
-the workload is short chat turns (prompts 32-224 tokens, 1-7 output tokens) to fit 1M requests
-in a minute; `--output-len` raises it.
+timed on one core, plus the scheduler's host time per step at engine batch sizes.
+
+The real scheduler runs every step, so the cost is per step and per scheduled sequence-step.
+The default workload is short chat turns: prompts of 32-224 tokens and VERY SHORT outputs
+(1-7 tokens, mean 4), at 150 req/s per instance; that is what fits 1M requests in about a minute.
+A realistic chat answer is ~200 tokens: `--output-len 64` (1-127 tokens) shows how the cost grows
+with sequence-steps (report both).
 
     python benchmarks/bench_sim_scale.py --num-requests 1000000 --num-instances 64
+    python benchmarks/bench_sim_scale.py --num-requests 100000 --output-len 64
+    python benchmarks/bench_sim_scale.py --sched-only   # host time per step, 256 decode seqs
+
+Timings on a shared box are noisy: the script reports wall and CPU (process) time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import time
 
@@ -32,37 +42,95 @@ def scale_workload(num_requests: int, rate: float, output_len: int, seed: int = 
 
 
 def run(num_requests: int, num_instances: int, routing: str, output_len: int, rate: float):
+    """(wall seconds of the simulation, SimResult, completed requests, output tokens)."""
+    elapsed, _, result, ok, tokens = run_timed(num_requests, num_instances, routing, output_len,
+                                               rate)  # fmt: skip
+    return elapsed, result, ok, tokens
+
+
+def run_timed(num_requests: int, num_instances: int, routing: str, output_len: int, rate: float):
+    """As `run`, with the CPU seconds of the simulation second."""
     profile = profile_for("h100", "qwen3-0.6b")
     requests = scale_workload(num_requests, rate, output_len)
     instances = build_instances(parse_fleet(f"fused:{num_instances}"), lambda g: profile)
     config = SimConfig(routing=routing)
     sim = SimCluster(instances, config, profile.kv_bytes_per_token)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     result = sim.run(requests)
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
     num_seq_steps = sum(i.scheduler.stats.generation_tokens for i in instances)
     ok = sum(tl.is_success for tl in result.timelines)
-    return elapsed, result, ok, num_seq_steps
+    return elapsed, cpu, result, ok, num_seq_steps
+
+
+def scheduler_step_cost(num_seqs: int = 256, prompt_len: int = 1000, num_steps: int = 200):
+    """Host time of `Scheduler.schedule` and `update` per step with `num_seqs` requests all
+    decoding (the engine's steady state), in microseconds: (schedule, update)."""
+    from pdserve.config import SchedulerConfig
+    from pdserve.sched.plan import StepResult
+    from pdserve.sched.scheduler import Scheduler
+    from pdserve.types import Request, SamplingParams
+
+    config = SchedulerConfig(max_num_batched_tokens=8192, max_num_seqs=num_seqs)
+    sched = Scheduler(config, num_blocks=num_seqs * (prompt_len + num_steps + 64) // 16,
+                      block_size=16)  # fmt: skip
+    params = SamplingParams(max_tokens=num_steps + 64, ignore_eos=True)
+    for i in range(num_seqs):
+        sched.add_request(Request(f"r{i}", tuple(range(i, i + prompt_len)), params))
+
+    def step(now: float) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        plan = sched.schedule(now)
+        t1 = time.perf_counter()
+        result = StepResult({s.request_id: 11 for s in plan.seqs if s.samples})
+        t2 = time.perf_counter()
+        sched.update(plan, result, now)
+        return t1 - t0, time.perf_counter() - t2
+
+    while any(r.num_output_tokens == 0 for r in sched.running) or len(sched.waiting):
+        step(0.0)  # prefill everything
+    times = [step(0.0) for _ in range(num_steps)]
+    return (1e6 * sorted(t for t, _ in times)[num_steps // 2],
+            1e6 * sorted(u for _, u in times)[num_steps // 2])  # fmt: skip
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--num-requests", type=int, default=1_000_000)
     p.add_argument("--num-instances", type=int, default=64)
     p.add_argument("--routing", default="power_of_two")
     p.add_argument("--output-len", type=int, default=4, help="mean output tokens")
     p.add_argument("--rate-per-instance", type=float, default=150.0, help="req/s")
+    p.add_argument("--sched-only", action="store_true", help="only the scheduler's step cost")
+    p.add_argument("--json", default=None, help="append the result as a JSON line here")
     args = p.parse_args()
-    rate = args.rate_per_instance * args.num_instances
-    elapsed, result, ok, tokens = run(args.num_requests, args.num_instances, args.routing,
-                                      args.output_len, rate)  # fmt: skip
-    steps = sum(i.num_steps for i in result.instances)
-    print(
-        f"{args.num_requests} requests, {args.num_instances} instances, {args.routing}: "
-        f"{elapsed:.1f} s wall ({elapsed / args.num_requests * 1e6:.1f} us/request), "
-        f"{ok} completed, {result.duration_s:.0f} s simulated, {steps} steps, "
-        f"{tokens} output tokens, {result.num_events} events"
-    )
+    record: dict = {"machine_load": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    for num_seqs in (64, 256):
+        sched_us, update_us = scheduler_step_cost(num_seqs)
+        print(f"scheduler host time per step, {num_seqs} decode seqs (median): "
+              f"schedule {sched_us:.0f} us, update {update_us:.0f} us")  # fmt: skip
+        record[f"schedule_us_{num_seqs}"], record[f"update_us_{num_seqs}"] = sched_us, update_us
+    if not args.sched_only:
+        rate = args.rate_per_instance * args.num_instances
+        elapsed, cpu, result, ok, tokens = run_timed(
+            args.num_requests, args.num_instances, args.routing, args.output_len, rate
+        )
+        steps = sum(i.num_steps for i in result.instances)
+        print(
+            f"{args.num_requests} requests, {args.num_instances} instances, {args.routing}, "
+            f"mean output {args.output_len}: {elapsed:.1f} s wall, {cpu:.1f} s CPU "
+            f"({cpu / args.num_requests * 1e6:.1f} us CPU/request), {ok} completed, "
+            f"{result.duration_s:.0f} s simulated, {steps} steps, {tokens} output tokens, "
+            f"{result.num_events} events"
+        )
+        record.update(num_requests=args.num_requests, num_instances=args.num_instances,
+                      routing=args.routing, output_len=args.output_len, wall_s=elapsed,
+                      cpu_s=cpu, completed=ok, steps=steps, output_tokens=tokens,
+                      simulated_s=result.duration_s)  # fmt: skip
+    print(f"load average {record['machine_load']:.1f} on {record['cpu_count']} cores")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pdserve.cluster.cost_model import StepCostModel, StepShape
+from pdserve.cluster.cost_model import StepCostModel
 from pdserve.sched.plan import StepPlan, StepResult
 from pdserve.sched.scheduler import Scheduler
 from pdserve.types import InstanceSnapshot
@@ -39,9 +39,14 @@ class CostExecutor:
                 self.remote_tokens.pop(request_id, None)
         if self.step_time is not None:
             return StepResult(sampled, duration_s=self.step_time(plan))
-        return StepResult(sampled, duration_s=self.cost.step_time(self._shape(plan)))
+        p_tok, p_pairs, d_seqs, d_ctx = self._shape(plan)
+        c = self.cost  # StepCostModel.step_time, without building a StepShape per step
+        duration_s = (c.base_s + c.per_prefill_token_s * p_tok + c.per_prefill_pair_s * p_pairs
+                      + c.per_decode_seq_s * d_seqs + c.per_decode_ctx_token_s * d_ctx)  # fmt: skip
+        return StepResult(sampled, duration_s=duration_s)
 
-    def _shape(self, plan: StepPlan) -> StepShape:
+    def _shape(self, plan: StepPlan) -> tuple[int, int, int, int]:
+        """`StepShape` fields: prefill tokens, prefill pairs, decode seqs, decode context."""
         remote = self.remote_tokens
         p_tok = p_pairs = d_seqs = d_ctx = 0
         for seq in plan.seqs:
@@ -58,7 +63,7 @@ class CostExecutor:
             else:
                 d_seqs += 1
                 d_ctx += done + 1
-        return StepShape(p_tok, p_pairs, d_seqs, d_ctx)
+        return p_tok, p_pairs, d_seqs, d_ctx
 
 
 class SimInstance:
