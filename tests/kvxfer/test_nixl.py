@@ -1,6 +1,7 @@
 """NIXL between two processes on CPU memory: the peer process registers a poisoned cache; this
 process pushes into it and pulls from it. Bytes must match and only listed blocks move."""
 
+import os
 import platform
 import re
 
@@ -219,3 +220,14 @@ def test_an_idle_transport_uses_almost_no_cpu(pair):
     cpu0, wall0 = cpu_s(), time.perf_counter()
     time.sleep(1.0)
     assert (cpu_s() - cpu0) / (time.perf_counter() - wall0) < 0.15
+
+
+def test_the_cma_segment_default_yields_to_the_users_setting(monkeypatch):
+    from pdserve.kvxfer.nixl import NixlTransport
+
+    monkeypatch.delenv("UCX_CMA_SEG_SIZE", raising=False)
+    NixlTransport("cma-default").close()
+    assert os.environ["UCX_CMA_SEG_SIZE"] == "4m"
+    monkeypatch.setenv("UCX_CMA_SEG_SIZE", "1m")
+    NixlTransport("cma-user").close()
+    assert os.environ["UCX_CMA_SEG_SIZE"] == "1m"
