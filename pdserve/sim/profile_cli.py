@@ -43,7 +43,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    llm = LLM(args.model, device=args.device, dtype=args.dtype,
+    # Synchronous steps: each timed step() must run exactly the plan it returns (under async
+    # scheduling a step() launches one plan and waits for the previous one).
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, async_scheduling=False,
               max_num_batched_tokens=args.max_num_batched_tokens)  # fmt: skip
     core, engine = llm.core, llm.engine
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
