@@ -4,21 +4,22 @@ request over the spec's coalesced descriptors (one per layer and run).
 push = NIXL WRITE (local src -> peer dst), pull = NIXL READ (peer src -> local dst). The peer
 only has to have registered its cache and handed over its metadata; the initiator drives the
 transfer. UCX picks the wire per peer, no UCX_TLS needed: on one host a DRAM put is one
-process_vm_writev per 512 KiB segment (CMA: single copy, the kernel pins the peer's pages), RDMA or
-TCP across hosts, CUDA for VRAM; TCP carries only the connection set-up.
+process_vm_writev per segment (CMA: single copy, the kernel pins the peer's pages; 4 MiB segments,
+CMA_DEFAULTS), RDMA or TCP across hosts, CUDA for VRAM; TCP carries only the connection set-up.
 
 Two agents per instance, both with the cache registered:
 
     peer's sender agent ──connects to──> our receiver agent   (metadata we hand out; a progress
                                                                thread answers connection set-up)
-    our sender agent    ──connects to──> peer's receiver agent (posts our transfers; `poll` drives
-                                                               them, so the copy runs in the caller)
+    our sender agent    ──connects to──> peer's receiver agent (posts our transfers, driven by the
+                                                               caller: a CMA copy runs in `send`
+                                                               and `poll`, no thread wakes for it)
 
 NIXL's Python wrapper starts progress threads that never sleep (poll timeout 0): each spins a
 core, which on a 2-core box slowed compute and every copy, this transport's own included. Ours
 sleep in poll() for up to PROGRESS_THREAD_DELAY_US between UCX events. A sending agent with a
-progress thread copies in that thread, woken late on a loaded box (~60-75 % of memcpy here,
-against ~90 % when the caller's poll copies): hence none by default.
+progress thread copies in that thread, woken late on a loaded box (~70-95 % of memcpy here,
+against ~100 % when the caller's poll copies): hence none by default.
 
 CMA pins and copies page by page, so on 4 KiB pages it reached ~60 % of a memcpy on the 2-core
 dev box; registration therefore backs a DRAM cache with 2 MiB transparent huge pages, after which
