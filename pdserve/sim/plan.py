@@ -169,6 +169,7 @@ def search(
     num_bisections: int = 5,
     progress: Callable[[PlanPoint], None] | None = None,
     jobs: int | None = None,
+    min_probe_s: float = MIN_PROBE_S,
 ) -> list[PlanPoint]:
     """Every candidate's PlanPoint, best goodput per dollar first.
 
@@ -182,7 +183,8 @@ def search(
 
     def run(batch: list[Candidate]) -> list[PlanPoint]:
         args = [(requests, c, profiles[c.gpu], slos_s, attainment, routing, num_bisections, 0,
-                 per_gpu.get(c.gpu, 0.0) * c.num_gpus or None) for c in batch]  # fmt: skip
+                 per_gpu.get(c.gpu, 0.0) * c.num_gpus or None, min_probe_s)
+                for c in batch]  # fmt: skip
         if jobs > 1 and len(batch) > 1:
             with ProcessPoolExecutor(min(jobs, len(batch))) as pool:
                 points = list(pool.map(_max_goodput_job, args))

@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=5, help="runner-ups to print")
     p.add_argument("--plot", default="plan-frontier.png", help="frontier PNG ('' for none)")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: every core)")
+    p.add_argument("--min-probe-s", type=float, default=None,
+                   help="seconds of arrivals each probe offers at least (default 20)")  # fmt: skip
     p.add_argument("--check-replicas", type=int, default=0, metavar="K",
                    help="simulate K units of the recommendation at K times its rate")  # fmt: skip
     p.add_argument("--json", default=None, help="write the search's results here")
@@ -59,7 +61,13 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from pdserve.bench.datasets import build_workload
-    from pdserve.sim.plan import candidates, check_replicas, replicas_for, search
+    from pdserve.sim.plan import (
+        MIN_PROBE_S,
+        candidates,
+        check_replicas,
+        replicas_for,
+        search,
+    )
 
     gpu_costs = dict(args.gpu or [("h100", 2.5)])
     try:
@@ -77,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
                                    f" ({p.num_probes} probes)")  # fmt: skip
     t0 = time.perf_counter()
     points = search(requests, cands, profiles, slos_s, args.attainment, args.routing,
-                    args.bisections, progress=show, jobs=args.jobs)  # fmt: skip
+                    args.bisections, progress=show, jobs=args.jobs,
+                    min_probe_s=args.min_probe_s or MIN_PROBE_S)  # fmt: skip
     elapsed_s = time.perf_counter() - t0
     console.print(f"searched in {elapsed_s:.0f} s, {sum(p.num_probes for p in points)} simulations")
     table = Table(
