@@ -231,3 +231,19 @@ def test_the_cma_segment_default_yields_to_the_users_setting(monkeypatch):
     monkeypatch.setenv("UCX_CMA_SEG_SIZE", "1m")
     NixlTransport("cma-user").close()
     assert os.environ["UCX_CMA_SEG_SIZE"] == "1m"
+
+
+@pytest.mark.skipif(not _huge_pages_supported(), reason="no transparent huge pages here")
+def test_the_engine_allocates_a_cpu_kv_cache_on_huge_pages_from_the_first_touch():
+    from pdserve.engine.kv_cache import allocate_kv_cache
+    from pdserve.kvxfer.nixl import HUGE_PAGE_BYTES
+    from pdserve.model.shapes import get_shape
+
+    cfg = get_shape("tiny-llama3")  # 2 layers x 2 kv heads x 16 x 4 bytes = 512 bytes a token
+    cache = allocate_kv_cache(cfg, 1024, 16, torch.float32, "cpu")  # 8 MiB
+    assert cache.shape == (2, 1024, 2, 16, 2, 16)
+    assert not cache.any()
+    start = cache.data_ptr()
+    lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
+    hi = (start + cache.numel() * 4) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+    assert _anon_huge_bytes(lo, hi) == hi - lo >= 2 * HUGE_PAGE_BYTES
