@@ -5,6 +5,9 @@
                                     │  <── TOKENS / KV / HEARTBEAT / REPLY / REGISTER
                                     └─ liveness: no heartbeat for `heartbeat_timeout_s` -> out
 
+Messages in and out and liveness are worker_link.py's (a mixin of `Controller`); routing and
+dispatch are here.
+
 Workers connect to `address` and REGISTER (with the control token when one is set); spawning
 them is deploy/'s job. A request whose instance dies before its first event is routed again
 (`max_retries` times, never to the same instance); one that dies mid-stream ends with an
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 import uuid
 from collections import deque
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from pdserve.cluster import kv_sync
 from pdserve.cluster.block_hasher import BlockHasher
 from pdserve.cluster.fleet_status import aggregate_status, fleet_info
 from pdserve.cluster.pd_router import PDConfig, PDRouter
@@ -35,17 +36,10 @@ from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.cluster.prom import ControllerMetrics
 from pdserve.cluster.pull import PrefixPuller, PullConfig
 from pdserve.cluster.registry import InstanceRecord, Registry
+from pdserve.cluster.worker_link import WorkerLink, _InstanceLost
 from pdserve.engine import protocol as P
-from pdserve.engine.client import EngineDeadError, Overloaded, RequestRejected
+from pdserve.engine.client import EngineDeadError, Overloaded
 from pdserve.types import FinishReason, Request, TokenEvent
-
-log = logging.getLogger(__name__)
-MONITOR_PERIOD_S = 0.1
-MAX_DRAIN = 256  # messages handled per wake-up before the loop runs other callbacks
-
-
-class _InstanceLost(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +96,7 @@ class _Flight:
     has_started: bool = False
 
 
-class Controller:
+class Controller(WorkerLink):
     def __init__(
         self,
         config: ControllerConfig = ControllerConfig(),
@@ -329,166 +323,3 @@ class Controller:
     async def check_integrity(self) -> None:
         records = self.registry.live()
         await asyncio.gather(*(self.call(r.instance_id, "check_integrity") for r in records))
-
-    async def call(
-        self, instance_id: str, op: str, args: dict | None = None, timeout_s: float = 10.0
-    ):
-        record = self.registry.get(instance_id)
-        if record is None:
-            raise EngineDeadError(f"no live instance {instance_id!r}")
-        call_id = next(self._call_ids)
-        future = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = (future, record.peer)
-        self._send(record, P.CALL, call_id, op, args or {})
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        finally:
-            self._calls.pop(call_id, None)
-
-    def mark_dead(self, instance_id: str, reason: str) -> None:
-        """Take an instance out of rotation now (e.g. its launcher saw the process exit)."""
-        record = self.registry.get(instance_id)
-        if record is not None:
-            self._remove(record, reason)
-
-    # ---- messages in -----------------------------------------------------------------------
-
-    def _drain(self) -> None:
-        """Handle the frames waiting on the socket. Its FD signals edge-triggered (and a send
-        may consume the edge), so read until EAGAIN, and `_wake` after every send."""
-        self._is_drain_due = False
-        sock, handle = self._sock, self._handle
-        for _ in range(MAX_DRAIN):
-            try:
-                peer, frame = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:  # closed
-                return
-            try:
-                handle(peer, *P.unpack(frame))
-            except Exception:  # a malformed frame must not stop the fleet
-                log.exception("controller: bad message from %r", peer)
-        self._wake()  # more may wait: let other callbacks run first
-
-    def _wake(self) -> None:
-        """Schedule one `_drain` (sends after `close`, e.g. from a generator's cleanup, have
-        nothing to read and may find the loop closed)."""
-        if not self._is_drain_due and self._loop is not None and not self._sock.closed:
-            self._is_drain_due = True
-            self._loop.call_soon(self._drain)
-
-    def _handle(self, peer: bytes, msg_type: str, body: tuple) -> None:
-        now = time.monotonic()
-        if msg_type == P.REGISTER:
-            self._register(peer, body, now)
-            return
-        record = self.registry.by_peer(peer)
-        if record is None:  # not registered, refused, or already taken out of rotation
-            if msg_type == P.FAILED:
-                log.warning("controller: worker %r failed to start: %s", peer, body[-1])
-            return
-        record.last_heard_s = now  # any message is a sign of life
-        if msg_type == P.TOKENS:
-            for data in body[0]:
-                flight = self._flights.get(data[0])
-                if flight is not None:
-                    event = P.decode_event(data)
-                    if not flight.has_started:
-                        self._started(record, flight, event, now)
-                    flight.queue.put_nowait(event)
-        elif msg_type == P.KV:
-            events = [P.decode_kv_event(e) for e in body[1]]
-            if not kv_sync.apply_kv(self.index, record, body[0], events):
-                asyncio.create_task(self._replay(record))
-        elif msg_type == P.HEARTBEAT:
-            status = P.decode_status(body[0])
-            self.registry.heard(record, status, now)
-            if kv_sync.is_behind(record, status.kv_seq):
-                asyncio.create_task(self._replay(record))
-        elif msg_type == P.REPLY:
-            call_id, ok, value = body
-            future, _ = self._calls.get(call_id, (None, None))
-            if future is not None and not future.done():
-                future.set_result(value) if ok else future.set_exception(RuntimeError(value))
-        elif msg_type == P.REJECT:
-            flight = self._flights.get(body[0])
-            if flight is not None:
-                flight.queue.put_nowait(RequestRejected(body[1]))
-        elif msg_type in (P.KV_RESERVED, P.KV_SENT):
-            self.pd.on_message(msg_type, body)
-
-    def _register(self, peer: bytes, body: tuple, now: float) -> None:
-        info = P.decode_info(body[0])
-        token = body[1] if len(body) > 1 else None
-        if not self.registry.is_authorized(token):
-            log.warning(
-                "controller: refused %s/%s: wrong control token", info.instance_id, info.incarnation
-            )
-            return
-        record, old = self.registry.register(peer, info, now)
-        if old is not None:
-            self._remove(old, f"restarted as incarnation {info.incarnation}")
-        self._info = None
-        self._changed.set()
-        log.info("controller: instance %s/%s joined", info.instance_id, info.incarnation)
-
-    def _started(self, record, flight: _Flight, event: TokenEvent, now: float) -> None:
-        flight.has_started = True
-        record.started(event.request_id)
-        self.pending.remove(flight.instance_id, flight.block_hashes)
-        flight.block_hashes = []
-        self.metrics.observe_first_event(
-            flight.instance_id, now - flight.dispatched_s, event.num_cached_tokens
-        )
-
-    async def _monitor(self) -> None:
-        while True:
-            await asyncio.sleep(MONITOR_PERIOD_S)
-            for record in self.registry.expired(time.monotonic()):
-                self._remove(record, f"no heartbeat for {self.config.heartbeat_timeout_s:.1f} s")
-
-    async def _replay(self, record: InstanceRecord) -> None:
-        record.is_replaying = True
-        self.metrics.replays.inc()
-        try:
-            reply = await self.call(
-                record.instance_id, "kv_replay", {"from_seq": record.kv_next_seq}
-            )
-        except Exception as e:
-            record.is_replaying = False
-            log.warning("controller: KV replay from %s failed: %s", record.instance_id, e)
-            return
-        if self.registry.get(record.instance_id) is record:
-            kv_sync.apply_replay(self.index, record, reply, P.decode_kv_event)
-
-    def _remove(self, record: InstanceRecord, reason: str) -> None:
-        """Out of rotation: its index entries dropped, its requests failed over."""
-        if self.registry.get(record.instance_id) is record:
-            self.registry.remove(record.instance_id)
-        self.index.drop_instance(record.instance_id)
-        self.metrics.failed.inc()
-        self._info = None
-        self._changed.set()
-        log.warning(
-            "controller: instance %s/%s out of rotation: %s",
-            record.instance_id,
-            record.incarnation,
-            reason,
-        )
-        for rid in list(record.request_ids):
-            flight = self._flights.get(rid)
-            if flight is not None:
-                flight.queue.put_nowait(_InstanceLost(reason))
-        record.request_ids.clear()
-        for future, peer in list(self._calls.values()):
-            if peer == record.peer and not future.done():
-                future.set_exception(EngineDeadError(reason))
-
-    def _send(self, record: InstanceRecord, msg_type: str, *body) -> None:
-        try:
-            self._sock.send_multipart([record.peer, P.pack(msg_type, *body)], zmq.NOBLOCK)
-        except zmq.ZMQError as e:  # the peer is gone (ROUTER_MANDATORY)
-            if not self._sock.closed:
-                self._remove(record, f"unreachable: {e}")
-        self._wake()
