@@ -142,14 +142,16 @@ def _anon_huge_bytes(start: int, end: int) -> int:
 def test_registering_a_dram_cache_puts_its_whole_2mib_pages_on_huge_pages():
     from pdserve.kvxfer.nixl import HUGE_PAGE_BYTES, NixlTransport
 
-    cache = kv_cache(seed=6, num_blocks=16384)  # 3 layers x 16384 x 128 bytes = 6 MiB
+    # 3 layers x 131072 x 128 bytes = 48 MiB: over glibc's largest mmap threshold (32 MiB), so
+    # the cache is a mapping of its own whatever the test process allocated before (not heap)
+    cache = kv_cache(seed=6, num_blocks=131072)
     before = cache.clone()
     transport = NixlTransport("huge")
     try:
         transport.register(cache)
         start = cache.data_ptr()
         lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
-        hi = (start + 6 * 2**20) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+        hi = (start + 48 * 2**20) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
         assert transport.huge_page_bytes == hi - lo >= 2 * HUGE_PAGE_BYTES
         assert _anon_huge_bytes(lo, hi) == hi - lo
         assert torch.equal(cache, before)  # collapsing moved the bytes, not changed them
@@ -240,8 +242,9 @@ def test_the_engine_allocates_a_cpu_kv_cache_on_huge_pages_from_the_first_touch(
     from pdserve.model.shapes import get_shape
 
     cfg = get_shape("tiny-llama3")  # 2 layers x 2 kv heads x 16 x 4 bytes = 512 bytes a token
-    cache = allocate_kv_cache(cfg, 1024, 16, torch.float32, "cpu")  # 8 MiB
-    assert cache.shape == (2, 1024, 2, 16, 2, 16)
+    # 64 MiB: over glibc's largest mmap threshold, so its own mapping (not the heap)
+    cache = allocate_kv_cache(cfg, 8192, 16, torch.float32, "cpu")
+    assert cache.shape == (2, 8192, 2, 16, 2, 16)
     assert not cache.any()
     start = cache.data_ptr()
     lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
