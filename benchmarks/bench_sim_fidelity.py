@@ -102,7 +102,9 @@ class Server:
         if args.instances == 1:
             cmd += ["serve"]
         else:
-            cmd += ["up", "--instances", str(args.instances), "--routing", args.routing]
+            # A loaded box delays heartbeats: a short timeout takes workers out of rotation.
+            cmd += ["up", "--instances", str(args.instances), "--routing", args.routing,
+                    "--heartbeat-timeout-s", str(args.heartbeat_timeout_s)]  # fmt: skip
         cmd += ["--port", str(self.port), *engine_flags(args)]
         if args.threads:
             cmd += ["--worker-threads", str(args.threads)]
@@ -214,6 +216,7 @@ def main() -> None:
     p.add_argument("--calibration-requests", type=int, default=6)
     p.add_argument("--warmup-requests", type=int, default=4)
     p.add_argument("--start-timeout-s", type=float, default=600.0)
+    p.add_argument("--heartbeat-timeout-s", type=float, default=5.0, help="pdserve up's")
     p.add_argument("--result-dir", default=str(ROOT / "docs/results/sim_fidelity"))
     p.add_argument("--label", default=None)
     args = p.parse_args()
