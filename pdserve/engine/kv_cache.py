@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 
 from pdserve.config import CacheConfig, ModelConfig
@@ -30,11 +33,14 @@ def allocate_kv_cache(
         return torch.zeros(shape, dtype=dtype, device=device)
     from pdserve.kvxfer.nixl import back_with_huge_pages  # a madvise; NIXL is not imported
 
-    # On 2 MiB pages from the first touch: a transport registering it later finds them already
-    # huge (~4 ms per GiB instead of ~2.6 s to collapse), and CMA copies run at memcpy speed.
-    cache = torch.empty(shape, dtype=dtype)
+    # An anonymous mapping of its own (zero pages; malloc could hand out heap memory), advised
+    # onto 2 MiB pages before the first touch: a transport registering it later finds them
+    # huge already (~4 ms per GiB instead of ~2.6 s to collapse), and CMA copies run at memcpy
+    # speed. The tensor keeps the mapping alive.
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    cache = torch.frombuffer(_private_mapping(nbytes), dtype=dtype).view(shape)
     back_with_huge_pages(cache)
-    return cache.zero_()
+    return cache
 
 
 def gpu_num_blocks(
@@ -100,3 +106,8 @@ def profile_max_step(
     model.compute_logits(hidden[last]).argmax(dim=-1)
     torch.cuda.synchronize(device)
     return kv_cache.numel() * kv_cache.element_size()
+
+
+def _private_mapping(nbytes: int) -> mmap.mmap:
+    """Anonymous private memory (Python's default anonymous mmap is shared: no huge pages)."""
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

@@ -1,6 +1,7 @@
 """NIXL between two processes on CPU memory: the peer process registers a poisoned cache; this
 process pushes into it and pulls from it. Bytes must match and only listed blocks move."""
 
+import mmap
 import os
 import platform
 import re
@@ -142,16 +143,19 @@ def _anon_huge_bytes(start: int, end: int) -> int:
 def test_registering_a_dram_cache_puts_its_whole_2mib_pages_on_huge_pages():
     from pdserve.kvxfer.nixl import HUGE_PAGE_BYTES, NixlTransport
 
-    # 3 layers x 131072 x 128 bytes = 48 MiB: over glibc's largest mmap threshold (32 MiB), so
-    # the cache is a mapping of its own whatever the test process allocated before (not heap)
-    cache = kv_cache(seed=6, num_blocks=131072)
+    # 6 MiB in an anonymous mapping of its own, as the engine allocates a CPU cache (malloc may
+    # place a tensor inside the heap, whose pages smaps does not attribute to the range)
+    filled = kv_cache(seed=6, num_blocks=16384)
+    mapping = mmap.mmap(-1, filled.numel() * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    cache = torch.frombuffer(mapping, dtype=torch.float32)
+    cache = cache.view(filled.shape).copy_(filled)  # touched on 4 KiB pages before registering
     before = cache.clone()
     transport = NixlTransport("huge")
     try:
         transport.register(cache)
         start = cache.data_ptr()
         lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
-        hi = (start + 48 * 2**20) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+        hi = (start + 6 * 2**20) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
         assert transport.huge_page_bytes == hi - lo >= 2 * HUGE_PAGE_BYTES
         assert _anon_huge_bytes(lo, hi) == hi - lo
         assert torch.equal(cache, before)  # collapsing moved the bytes, not changed them
@@ -242,10 +246,10 @@ def test_the_engine_allocates_a_cpu_kv_cache_on_huge_pages_from_the_first_touch(
     from pdserve.model.shapes import get_shape
 
     cfg = get_shape("tiny-llama3")  # 2 layers x 2 kv heads x 16 x 4 bytes = 512 bytes a token
-    # 64 MiB: over glibc's largest mmap threshold, so its own mapping (not the heap)
-    cache = allocate_kv_cache(cfg, 8192, 16, torch.float32, "cpu")
-    assert cache.shape == (2, 8192, 2, 16, 2, 16)
-    assert not cache.any()
+    cache = allocate_kv_cache(cfg, 1024, 16, torch.float32, "cpu")  # 8 MiB
+    assert cache.shape == (2, 1024, 2, 16, 2, 16)
+    assert not cache.any()  # zero pages, not touched yet
+    cache.fill_(0.5)  # as KV writes would: every page faults in
     start = cache.data_ptr()
     lo = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
     hi = (start + cache.numel() * 4) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
