@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import pickle
 import time
 from collections.abc import AsyncIterator
@@ -52,6 +53,14 @@ class ClientAborted(Exception):
 PREFILL_SUFFIX = "@prefill"  # the SEND request's id: its own flight on the prefill instance
 PULL_SUFFIX = "@pull"  # a remote prefix pull's RECEIVE request (cluster/pull.py)
 TRANSFER_BUCKETS_S = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 5)
+
+
+@functools.lru_cache(maxsize=64)
+def kv_block_bytes(kv_meta: bytes) -> int:
+    """KV bytes of one block over all layers, from a worker's kvxfer metadata (the same bytes
+    for every worker of a model: decoded once)."""
+    layout = pickle.loads(kv_meta).layout  # trusted: from a registered worker
+    return layout.block_bytes * layout.num_layers
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +116,6 @@ class PDRouter:
         self._sent: dict[str, asyncio.Future] = {}  # prefill rid -> KVSendResult
         self._hasher: BlockHasher | None = None
         self._steps = Ttft(controller.config.policy)  # per-instance step-time fits (`observe`)
-        self._block_bytes: dict[bytes, int] = {}  # kv_meta -> KV bytes of a block, all layers
         self.configure(config)
         self.last_choice: PDChoice | None = None
         self._aborted: dict[str, None] = {}  # rids that `abort` ended, until their stream ends
@@ -182,21 +190,13 @@ class PDRouter:
 
         choice = choose_pd(
             len(req.prompt_token_ids), req.sampling.max_tokens, candidates(prefills),
-            candidates(decodes), self._kv_block_bytes(decodes[0].info.kv_meta), self.link,
+            candidates(decodes), kv_block_bytes(decodes[0].info.kv_meta), self.link,
             self.ctrl.config.policy.max_batched_tokens, self.config.disaggregation,
             self.config.max_decode_step_s,
         )  # fmt: skip
         self.last_choice = choice
         prefill = self.ctrl.registry.get(choice.prefill_id) if choice.prefill_id else None
         return prefill, self.ctrl.registry.get(choice.decode_id)
-
-    def _kv_block_bytes(self, kv_meta: bytes) -> int:
-        """KV bytes of one block over all layers, from a worker's kvxfer metadata."""
-        num_bytes = self._block_bytes.get(kv_meta)
-        if num_bytes is None:
-            layout = pickle.loads(kv_meta).layout  # trusted: from a registered worker
-            num_bytes = self._block_bytes[kv_meta] = layout.block_bytes * layout.num_layers
-        return num_bytes
 
     async def generate(self, req: Request) -> AsyncIterator[TokenEvent]:
         prefill, decode = self._pick(req)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import pickle
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -28,7 +27,7 @@ from prometheus_client import Counter
 from pdserve.cluster.block_hasher import BlockHasher
 from pdserve.cluster.cost_model import Link, estimate_ttft_s
 from pdserve.cluster.pd_policy import PULL_MODES, PullPlan, plan_pull
-from pdserve.cluster.pd_router import PULL_SUFFIX
+from pdserve.cluster.pd_router import PULL_SUFFIX, kv_block_bytes
 from pdserve.cluster.policies import Ttft
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError
@@ -73,7 +72,6 @@ class PrefixPuller:
         self.metrics = PullMetrics(controller.metrics.registry)
         self.last_plan: PullPlan | None = None
         self._steps = Ttft(controller.config.policy)  # per-instance step-time fits
-        self._block_bytes: dict[bytes, int] = {}
         self._hasher: BlockHasher | None = None
 
     def maybe_submit(self, record, req: Request, hashes: list[int]):
@@ -111,7 +109,7 @@ class PrefixPuller:
 
         plan = plan_pull(
             len(req.prompt_token_ids), record.info.block_size, record.instance_id, matched,
-            holders, self._kv_block_bytes(record.info.kv_meta), lambda h, t: self.link, ttft_s,
+            holders, kv_block_bytes(record.info.kv_meta), lambda h, t: self.link, ttft_s,
             self.config.overhead_s, self.config.mode,
         )  # fmt: skip
         self.last_plan = plan
@@ -187,9 +185,3 @@ class PrefixPuller:
             pd._sent.pop(rid, None)
             self.ctrl._release(rid)
 
-    def _kv_block_bytes(self, kv_meta: bytes) -> int:
-        num_bytes = self._block_bytes.get(kv_meta)
-        if num_bytes is None:
-            layout = pickle.loads(kv_meta).layout  # trusted: from a registered worker
-            num_bytes = self._block_bytes[kv_meta] = layout.block_bytes * layout.num_layers
-        return num_bytes

@@ -33,6 +33,10 @@ class LocalFleetConfig:
     # GPUs for the workers, in order (worker i gets gpus[i % len]); () leaves CUDA_VISIBLE_DEVICES
     gpus: tuple[str, ...] = ()
 
+    @property
+    def instance_ids(self) -> list[str]:
+        return [f"{self.id_prefix}-{i}" for i in range(self.num_instances)]
+
     def worker_env(self, index: int) -> dict[str, str]:
         if not self.gpus:
             return self.env
@@ -103,7 +107,7 @@ class LocalFleet:
 
     @property
     def instance_ids(self) -> list[str]:
-        return [f"{self.config.id_prefix}-{i}" for i in range(self.config.num_instances)]
+        return self.config.instance_ids
 
     def start(self) -> None:
         for instance_id in self.instance_ids:

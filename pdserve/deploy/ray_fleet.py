@@ -156,7 +156,7 @@ class RayFleet:
 
     @property
     def instance_ids(self) -> list[str]:
-        return [f"{self.config.id_prefix}-{i}" for i in range(self.config.num_instances)]
+        return self.config.instance_ids
 
     def start(self) -> None:
         for instance_id in self.instance_ids:
