@@ -1,7 +1,7 @@
 """pdserve on one GPU against HF transformers in the same run, on the same weights.
 
     PYTHONPATH=. python benchmarks/bench_gpu.py [--models llama-3.1-8b,qwen3-0.6b]
-        [--parts w1,profile,nano,ss,hf] [--requests 256]
+        [--parts w1,profile,nano,ss,ss_kernels,hf] [--requests 256]
 
 Per model: W1 (256 requests, prompts uniform [100, 1024] from random.Random(0), 256 new tokens,
 EOS ignored) output tok/s and fraction of the card's floor; a W1 rerun with per-step timing
@@ -126,6 +126,35 @@ def compiled_kernels() -> set[str]:
     return keys
 
 
+def kernel_profile(llm: LLM, prompt: list[int], new_tokens: int) -> dict:
+    """GPU kernels of a single stream's decode steps (torch.profiler sees the kernels a CUDA
+    graph replays): per kernel name, launches and GPU µs per output token, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True, temperature=0.0)
+    llm.generate([prompt], params)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        llm.generate([prompt], params)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
+        if us > 0:
+            rows.append((e.key, e.count, us))
+    rows.sort(key=lambda r: -r[2])
+    total = sum(r[2] for r in rows)
+    # The prompt's prefill step is in the profile too: its kernels show as extra launches.
+    return {
+        "new_tokens": new_tokens,
+        "gpu_us_per_token": total / new_tokens,
+        "launches_per_token": sum(r[1] for r in rows) / new_tokens,
+        "kernels": [
+            {"name": k[:160], "launches_per_token": c / new_tokens, "us_per_token": us / new_tokens}
+            for k, c, us in rows[:40]
+        ],
+    }
+
+
 def hf_from(model, attn: str):
     """HF transformers' model in the same shape, loaded with `model`'s weights (no copy kept)."""
     from transformers import AutoModelForCausalLM
@@ -237,6 +266,9 @@ def bench_model(name: str, parts: set[str], args, card, results: list) -> None:
         )
         ss = [BenchRequest("ss", tuple(prompt), 128)]
         emit(results, what="pdserve_single_stream_profile", model=name, **step_profile(llm, ss))
+        if "ss_kernels" in parts:
+            emit(results, what="pdserve_single_stream_kernels", model=name,
+                 **kernel_profile(llm, prompt, 64))  # fmt: skip
     if "hf" not in parts:
         return
     model = runner.model
@@ -288,6 +320,12 @@ def table(results: list) -> str:
             lines.append(f"{what:34} {r['model']:14} {r['output_tok_per_s']:>10,.0f} tok/s{extra}")
         elif what.endswith("single_stream"):
             lines.append(f"{what:34} {r['model']:14} {r['ms_per_token']:>11.2f} ms/tok")
+        elif what == "pdserve_single_stream_kernels":
+            lines.append(f"{what:34} {r['model']:14} {r['gpu_us_per_token']:>11.0f} µs/tok GPU, "
+                         f"{r['launches_per_token']:.0f} kernels/tok")  # fmt: skip
+            for k in r["kernels"][:15]:
+                lines.append(f"    {k['us_per_token']:8.1f} µs {k['launches_per_token']:6.1f}x  "
+                             f"{k['name'][:90]}")  # fmt: skip
         elif what in ("startup", "warm_up"):
             lines.append(f"{what:34} {r['model']:14} {r['s']:>13.1f} s")
     return "\n".join(lines)
