@@ -62,7 +62,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)  # [T, (H + 2 * KV) * D]
+        qkv = self.ops.linear(hidden, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (H+2KV)*D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
         k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KV, D]
@@ -70,10 +70,9 @@ class Attention(nn.Module):
         if self.qk_norm:  # Qwen3: per-head RMSNorm before rope
             q = self._head_norm(q, self.q_norm)
             k = self._head_norm(k, self.k_norm)
-        q, k = self.ops.rotary(q, k, positions, cos_sin)
-        self.ops.store_kv(k, v, kv_cache, meta.slot_mapping)
+        q = self.ops.rotary_store_kv(q, k, v, positions, cos_sin, kv_cache, meta.slot_mapping)
         out = self.ops.paged_attention(q, kv_cache, meta, self.scale)  # [T, H, D]
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        return self.ops.linear(out.reshape(num_tokens, self.q_size), self.o_proj.weight)
 
     def _head_norm(self, x: torch.Tensor, norm: RMSNormWeight) -> torch.Tensor:
         flat = x.reshape(-1, self.head_dim)  # [T * heads, D]
@@ -88,7 +87,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_mul(self.gate_up_proj(hidden)))
+        gate_up = self.ops.linear(hidden, self.gate_up_proj.weight)  # [T, 2 * inter]
+        return self.ops.silu_mul_linear(gate_up, self.down_proj.weight)
 
 
 class DecoderLayer(nn.Module):

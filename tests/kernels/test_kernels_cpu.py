@@ -15,7 +15,13 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("kernels run on the GPU in this process; see test_kernels_gpu.py",
                 allow_module_level=True)  # fmt: skip
 
-from pdserve.model.ops import get_ops, torch_ref, triton_attention  # noqa: E402
+from pdserve.model.ops import (  # noqa: E402
+    get_ops,
+    torch_ref,
+    triton_attention,
+    triton_gemv,
+    triton_ops,
+)
 from tests.kernels.helpers import make_problem, rel_err  # noqa: E402
 
 ops = get_ops("triton")
@@ -140,3 +146,129 @@ def test_store_kv_skips_negative_slots():
     changed = (kv != before).flatten(2).any(-1)  # [num_blocks, 2]: which block halves changed
     assert changed.tolist() == [[True, True], [False, False]]
     assert (kv[0, :, torch.arange(16) != 5] == before[0, :, torch.arange(16) != 5]).all()
+
+
+def _qkv_views(num_tokens, num_heads, num_kv_heads, head_dim, dtype, seed=0):
+    """q, k, v as strided views of one [T, (H + 2 KV) * D] projection output (as in the model)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, generator=gen)
+    q, k, v = qkv.to(dtype).split([num_heads * head_dim, num_kv_heads * head_dim,
+                                   num_kv_heads * head_dim], dim=-1)  # fmt: skip
+    return (q.view(num_tokens, num_heads, head_dim), k.view(num_tokens, num_kv_heads, head_dim),
+            v.view(num_tokens, num_kv_heads, head_dim))  # fmt: skip
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("group", [1, 4])
+def test_rotary_store_kv_float32_equals_rotary_then_store(inplace, group):
+    num_kv_heads, head_dim, block_size = 2, 32, 16
+    q, k, v = _qkv_views(6, num_kv_heads * group, num_kv_heads, head_dim, torch.float32)
+    positions = torch.tensor([0, 5, 9, 1, 63, 2])
+    cos_sin = torch.randn(64, head_dim)
+    kv = torch.randn(4, 2, block_size, num_kv_heads, head_dim)
+    kv_ref = kv.clone()
+    slots = torch.tensor([3, 2 * block_size + 1, -1, 4 * block_size - 1, 0, 17])  # -1: padding
+    ref_q = torch_ref.rotary_store_kv(q, k, v, positions, cos_sin, kv_ref, slots)
+    q_in = q.clone()
+    out_q = ops.rotary_store_kv(q_in, k, v, positions, cos_sin, kv, slots, inplace=inplace)
+    torch.testing.assert_close(out_q, ref_q, rtol=0, atol=0)
+    torch.testing.assert_close(kv, kv_ref, rtol=0, atol=0)
+    assert (out_q.data_ptr() == q_in.data_ptr()) == inplace
+
+
+def test_rotary_store_kv_bf16_matches_reference():
+    q, k, v = _qkv_views(5, 8, 2, 64, torch.bfloat16, seed=1)
+    positions = torch.tensor([7, 0, 31, 30, 12])
+    cos_sin = torch.randn(32, 64)
+    kv = torch.randn(3, 2, 32, 2, 64).to(torch.bfloat16)
+    kv_ref = kv.clone()
+    slots = torch.tensor([0, 95, 33, -1, 64])
+    ref_q = torch_ref.rotary_store_kv(q, k, v, positions, cos_sin, kv_ref, slots)
+    out_q = ops.rotary_store_kv(q, k, v, positions, cos_sin, kv, slots, inplace=False)
+    torch.testing.assert_close(out_q, ref_q)
+    torch.testing.assert_close(kv, kv_ref)
+    # The V half is a copy: bit-exact even in the interpreter.
+    assert torch.equal(kv[:, 1], kv_ref[:, 1])
+
+
+def test_rotary_store_kv_padding_slot_stores_nothing():
+    q, k, v = _qkv_views(2, 4, 1, 32, torch.float32, seed=2)
+    kv = torch.randn(2, 2, 16, 1, 32)
+    before = kv.clone()
+    ops.rotary_store_kv(q, k, v, torch.tensor([3, 4]), torch.randn(8, 32), kv,
+                        torch.tensor([-1, 21]))  # fmt: skip
+    changed = (kv != before).flatten(2).any(-1)  # [num_blocks, 2]: which block halves changed
+    assert changed.tolist() == [[False, False], [True, True]]
+    assert (kv[1, :, torch.arange(16) != 5] == before[1, :, torch.arange(16) != 5]).all()
+
+
+# GEMV: small tiles force several programs, K steps and ragged edges on small shapes.
+_GEMV_SMALL = {"block_n": 16, "block_k": 64, "num_warps": 4, "num_stages": 2}
+
+
+@pytest.mark.parametrize("use_dot", [0, 1])
+@pytest.mark.parametrize("num_rows", [1, 3, 8])
+def test_gemv_matches_matmul(num_rows, use_dot):
+    gen = torch.Generator().manual_seed(num_rows)
+    x = torch.randn(num_rows, 200, generator=gen).to(torch.bfloat16)  # K, N not tile multiples
+    w = torch.randn(100, 200, generator=gen).to(torch.bfloat16)
+    b = torch.randn(100, generator=gen).to(torch.bfloat16)
+    out = triton_gemv.gemv(x, w, b, config={**_GEMV_SMALL, "use_dot": use_dot})
+    ref = torch.nn.functional.linear(x.float(), w.float(), b.float())
+    assert out.dtype == torch.bfloat16 and out.shape == (num_rows, 100)
+    assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("num_rows", [1, 5])
+def test_gemv_default_config_float32_is_near_exact(num_rows):
+    gen = torch.Generator().manual_seed(7)
+    x, w = torch.randn(num_rows, 96, generator=gen), torch.randn(256, 96, generator=gen)
+    out = triton_gemv.gemv(x, w)
+    assert rel_err(out, torch.nn.functional.linear(x, w)) < 1e-5
+
+
+def test_gemv_silu_mul_matches_silu_then_matmul():
+    gen = torch.Generator().manual_seed(3)
+    gate_up = torch.randn(2, 2 * 160, generator=gen).to(torch.bfloat16)
+    w = torch.randn(48, 160, generator=gen).to(torch.bfloat16)
+    out = triton_gemv.gemv(gate_up, w, silu_mul=True, config={**_GEMV_SMALL, "use_dot": 1})
+    ref = torch.nn.functional.linear(torch_ref.silu_mul(gate_up.float()), w.float())
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_linear_takes_gemv_only_up_to_max_rows(monkeypatch):
+    calls = []
+    real_gemv = triton_ops.gemv
+    monkeypatch.setattr(triton_ops, "gemv", lambda *a, **kw: calls.append(a[0].shape[0])
+                        or real_gemv(*a, **kw))  # fmt: skip
+    monkeypatch.setattr(triton_ops, "gemv_max_rows", 8)
+    w = torch.randn(32, 64).to(torch.bfloat16)
+    for rows in (1, 8, 9):
+        x = torch.randn(rows, 64).to(torch.bfloat16)
+        out = ops.linear(x, w)
+        assert rel_err(out, torch.nn.functional.linear(x.float(), w.float())) < 1e-2
+    ops.linear(torch.randn(2, 64), torch.randn(32, 64))  # float32: cuBLAS / CPU matmul
+    ops.silu_mul_linear(torch.randn(4, 128).to(torch.bfloat16), w)
+    assert calls == [1, 8, 4]
+    monkeypatch.setattr(triton_ops, "gemv_max_rows", 0)
+    x = torch.randn(1, 64).to(torch.bfloat16)
+    assert torch.equal(ops.linear(x, w), torch.nn.functional.linear(x, w))
+    assert calls == [1, 8, 4]
+
+
+@pytest.mark.parametrize("gemv_rows", [0, 8])
+def test_tiny_model_on_triton_ops_matches_torch_ref(monkeypatch, gemv_rows):
+    """The model's call sites on the Triton bundle (fused rope + store, GEMV, silu + down) give
+    torch_ref's logits: a 6-token prefill and a 2-sequence decode step, bf16, attention bias."""
+    from pdserve.model.loader import load_model
+    from tests.model.model_testing import PagedRunner
+
+    monkeypatch.setattr(triton_ops, "gemv_max_rows", gemv_rows)
+    logits = {}
+    for name in ("torch_ref", "triton"):
+        model, _ = load_model("dummy:tiny-qwen2", dtype=torch.bfloat16, ops=get_ops(name))
+        runner = PagedRunner(model, block_size=16)
+        prefill = runner.step([(0, [5, 9, 2, 7, 1, 3]), (1, [4, 4])])
+        decode = runner.step([(0, [11]), (1, [12])])
+        logits[name] = torch.cat([*prefill, *decode])
+    assert rel_err(logits["triton"], logits["torch_ref"]) < 2e-2

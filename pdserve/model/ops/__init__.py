@@ -17,7 +17,8 @@ A step packs the new tokens of all scheduled sequences back to back ("varlen"):
            <-------------- seq_lens[i] --------------->
     query_start_loc = [0, q0, q0 + q1, ...]
 
-The new tokens' K/V are stored into the cache first (`store_kv`), then attention reads the
+The new tokens' K/V are stored into the cache first (`rotary_store_kv`: rope, then
+`store_kv`), then attention reads the
 whole context of each sequence from the cache (`paged_attention`), causally: new token j of
 sequence i (position seq_lens[i] - q_len_i + j) attends to positions 0 .. its own.
 """
@@ -76,6 +77,27 @@ class OpsBundle(Protocol):
         self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
     ) -> None:
         """Write k, v ([T, num_kv_heads, head_dim]) into one layer's cache at slot_mapping."""
+
+    def rotary_store_kv(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """`q, k = rotary(q, k, ...)`, then `store_kv(k, v, ...)`; returns the rotated q.
+        May overwrite q in place (the caller must not reuse the q it passed in)."""
+
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """F.linear: x [T, in] @ weight [out, in].T (+ bias) -> [T, out]."""
+
+    def silu_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """linear(silu_mul(gate_up), weight): the MLP's activation and down projection."""
 
     def paged_attention(
         self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float

@@ -9,12 +9,52 @@ from __future__ import annotations
 
 import torch
 
+import torch.nn.functional as F
+
+from pdserve.config import env_flag
 from pdserve.model.ops import AttentionMetadata
 from pdserve.model.ops.triton_attention import attention
 from pdserve.model.ops.triton_elementwise import add_rms_norm, rms_norm, rotary, silu_mul
-from pdserve.model.ops.triton_kv_store import store_kv
+from pdserve.model.ops.triton_gemv import MAX_ROWS, gemv
+from pdserve.model.ops.triton_kv_store import rotary_store_kv, store_kv
 
-__all__ = ["add_rms_norm", "paged_attention", "rms_norm", "rotary", "silu_mul", "store_kv"]
+__all__ = [
+    "add_rms_norm",
+    "linear",
+    "paged_attention",
+    "rms_norm",
+    "rotary",
+    "rotary_store_kv",
+    "silu_mul",
+    "silu_mul_linear",
+    "store_kv",
+]
+
+# Linear layers with at most this many rows run on the Triton GEMV (triton_gemv.py) instead of
+# cuBLAS; 0 = never (the default until the H100 benchmark shows it pays: bench_kernels.py).
+# PDSERVE_TRITON_GEMV=1 turns it on at import; benchmarks flip it by assigning this name.
+gemv_max_rows = MAX_ROWS if env_flag("PDSERVE_TRITON_GEMV") else 0
+
+
+def _use_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        0 < x.shape[0] <= gemv_max_rows
+        and x.dim() == 2
+        and weight.dtype == x.dtype
+        and x.dtype in (torch.bfloat16, torch.float16)
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if _use_gemv(x, weight):
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if _use_gemv(gate_up, weight):
+        return gemv(gate_up, weight, silu_mul=True)
+    return F.linear(silu_mul(gate_up), weight)
 
 
 def paged_attention(

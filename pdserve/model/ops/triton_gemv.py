@@ -1,0 +1,136 @@
+"""Skinny GEMM ("GEMV") for decode at small batch: y [M, N] = x [M, K] @ w [N, K].T, M <= 8.
+
+At M <= 8 a linear layer is a read of its weight: 2 * N * K bytes for 2 * M * N * K flops, far
+below the tensor cores' ratio, so all that matters is streaming w at the memory's rate. Each
+program owns BLOCK_N output columns (rows of w) and walks the whole K:
+
+    w: [N, K] row-major         program p reads rows p*BLOCK_N .. p*BLOCK_N+BLOCK_N-1, K tiles
+       |== p0 ==>==>==>==>|     of BLOCK_K columns, and keeps a [BLOCK_M, BLOCK_N] float32 sum
+       |== p1 ==>==>==>==>|     x [M, K] is tiny and re-read from L2 by every program
+       ...
+
+M = 1 multiplies on the CUDA cores (w tile * x row, summed over K); M = 2..8 pads x to 16 rows
+and uses tl.dot (the tensor cores are idle otherwise, and a 16-row dot costs nothing extra).
+K is a compile-time constant (a model has two or three distinct K; the loop's trip count is
+then known). BLOCK_N is chosen so that there are a few programs per SM (no split-K: no second launch, no
+atomics), BLOCK_K so that a tile is ~8k elements (64 per thread at 4 warps).
+
+`silu_mul=True` reads x as gate_up [M, 2K] and multiplies silu(gate) * up (rounded to x's
+dtype, as ops.silu_mul would) while loading: the MLP's activation costs no launch of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_ROWS = 8  # the largest M this kernel is meant for; bigger batches go to cuBLAS
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, M, N, stride_xm, stride_wn, stride_ym,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, USE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns = rows of w
+    m = tl.arange(0, BLOCK_M)
+    k = tl.arange(0, BLOCK_K)
+    n_ok = n < N
+    m_ok = m < M
+    w_ptrs = w_ptr + n.to(tl.int64)[:, None] * stride_wn + k[None, :]  # [BLOCK_N, BLOCK_K]
+    x_ptrs = x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :]  # [BLOCK_M, BLOCK_K]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
+        k_ok = (k0 + k) < K
+        if EVEN_N and EVEN_K:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        x_mask = m_ok[:, None] & k_ok[None, :]
+        x = tl.load(x_ptrs, mask=x_mask, other=0.0)
+        if SILU_MUL:  # x_ptrs walk gate = gate_up[:, :K]; up sits K columns to the right
+            up = tl.load(x_ptrs + K, mask=x_mask, other=0.0).to(tl.float32)
+            gate = x.to(tl.float32)
+            x = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty)
+        if USE_DOT:
+            if DOT_FP32:
+                acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)),
+                              input_precision=PRECISION)  # fmt: skip
+            else:
+                acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+        else:
+            prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+            acc += tl.sum(prod, axis=2)  # [BLOCK_M, BLOCK_N]
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + m.to(tl.int64)[:, None] * stride_ym + n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def default_config(num_rows: int, n: int, k: int, num_sms: int) -> dict[str, int]:
+    """Tile shape for y [num_rows, n] = x @ w[n, k].T (a guess; benchmarks/bench_kernels.py
+    sweeps the alternatives on the 8B shapes and prints the best per shape).
+
+    BLOCK_N: the largest (<= 64) that still gives >= 2 programs per SM, so every SM streams.
+    BLOCK_K: a BLOCK_N x BLOCK_K tile of ~8k elements.
+    """
+    use_dot = num_rows > 1
+    smallest = 16 if use_dot else 4
+    block_n = 64
+    while block_n > smallest and triton.cdiv(n, block_n) < 2 * num_sms:
+        block_n //= 2
+    block_k = max(32, min(1024, 8192 // block_n, triton.next_power_of_2(k)))
+    return {"block_n": block_n, "block_k": block_k, "use_dot": int(use_dot),
+            "num_warps": 4, "num_stages": 4}  # fmt: skip
+
+
+def gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    silu_mul: bool = False,
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """x [M, K] (or gate_up [M, 2K] with silu_mul) @ weight [N, K].T (+ bias) -> [M, N] in x's
+    dtype. Needs weight's last dim contiguous; any M works, but it pays only for M <= 8."""
+    num_rows = x.shape[0]
+    n, k = weight.shape
+    if (x.shape[1] // 2 if silu_mul else x.shape[1]) != k:
+        raise ValueError(f"gemv: x {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    y = torch.empty(num_rows, n, dtype=x.dtype, device=x.device)
+    if num_rows == 0 or n == 0:
+        return y
+    is_cuda = x.is_cuda
+    if config is None:
+        num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count if is_cuda else 4
+        config = default_config(num_rows, n, k, num_sms)
+    use_dot = bool(config["use_dot"])
+    block_m = max(16, triton.next_power_of_2(num_rows)) if use_dot else triton.next_power_of_2(
+        num_rows
+    )
+    block_n, block_k = config["block_n"], config["block_k"]
+    grid = (triton.cdiv(n, block_n),)
+    _gemv_kernel[grid](
+        x, weight, bias if bias is not None else weight, y, num_rows, n,
+        x.stride(0), weight.stride(0), y.stride(0), k,
+        HAS_BIAS=bias is not None, SILU_MUL=silu_mul, USE_DOT=use_dot,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        EVEN_N=n % block_n == 0, EVEN_K=k % block_k == 0, NUM_STAGES=config["num_stages"],
+        # The interpreter's bf16 tl.dot is wrong (triton 3.6): multiply in float32 there.
+        DOT_FP32=not is_cuda or x.dtype == torch.float32,
+        PRECISION="ieee" if (x.dtype == torch.float32 or not is_cuda) else "tf32",
+        num_warps=config["num_warps"],
+    )  # fmt: skip
+    return y
