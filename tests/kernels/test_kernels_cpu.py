@@ -272,3 +272,20 @@ def test_tiny_model_on_triton_ops_matches_torch_ref(monkeypatch, gemv_rows):
         decode = runner.step([(0, [11]), (1, [12])])
         logits[name] = torch.cat([*prefill, *decode])
     assert rel_err(logits["triton"], logits["torch_ref"]) < 2e-2
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_split_k_combine_fused_or_separate_matches_reference(monkeypatch, fused):
+    # Decode and a chunked-prefill tile, 4 splits (one empty for the 3-token context).
+    monkeypatch.setattr(triton_attention, "FUSED_REDUCE", fused)
+    err = _attention_case([3, 90, 41], [1, 1, 8], group=4, block_size=16, splits=4)
+    assert err < 1e-2
+
+
+def test_fused_combine_leaves_counters_at_zero():
+    # The counters are reused by the next launch (and by CUDA-graph replays): all back to 0.
+    _attention_case([70, 5], [1, 1], group=2, block_size=16, splits=4)
+    buffers = [b for bufs in triton_attention._COUNTERS.values() for b in bufs]
+    assert buffers and all(int(b.abs().sum()) == 0 for b in buffers)
+    err = _attention_case([70, 5], [1, 1], group=2, block_size=16, splits=4)
+    assert err < 1e-2

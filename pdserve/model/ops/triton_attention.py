@@ -16,7 +16,9 @@ sequences both spread over every split):
           0          chunk         2*chunk                                 ctx_end
 
 With num_splits > 1 each split writes an unnormalised partial (acc, running max m, running sum
-l) and `_reduce_kernel` combines them; with 1 the kernel writes the output directly. The grid
+l); the last split of a tile to finish (an atomic arrival counter) combines them and writes
+the output, so split-K costs no second launch (`_reduce_kernel`, the separate combine, is kept
+behind FUSED_REDUCE = False). With 1 split the kernel writes the output directly. The grid
 depends on shapes and num_splits only (never on values), so decode is CUDA-graph capturable
 when the caller fixes num_splits.
 
@@ -84,7 +86,7 @@ def _attend_tile(
 
 @triton.jit
 def _attn_kernel(
-    q_ptr, kv_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+    q_ptr, kv_ptr, out_ptr, part_acc_ptr, part_ml_ptr, counter_ptr,
     query_start_loc_ptr, seq_lens_ptr, block_tables_ptr,
     qk_scale, num_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
@@ -93,6 +95,7 @@ def _attn_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
     NUM_STAGES: tl.constexpr, INTERPRET: tl.constexpr, PRECISION: tl.constexpr,
+    FUSED_REDUCE: tl.constexpr,
 ):  # fmt: skip
     q_tile = tl.program_id(0)
     seq = tl.program_id(1)
@@ -178,6 +181,49 @@ def _attn_kernel(
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=io_mask)
         tl.store(part_ml_ptr + part * 2, m_i, mask=row_ok)
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_ok)
+        if FUSED_REDUCE:
+            # The last split of this (q tile, seq, kv head) to arrive combines all of them.
+            # Every thread's partial stores precede the barrier; the counter's acq_rel atomic
+            # (one thread) releases them to, and acquires the others' for, whoever is last.
+            tl.debug_barrier()
+            tile_id = (q_tile * tl.num_programs(1) + seq) * (tl.num_programs(2) // NUM_SPLITS)
+            counter = counter_ptr + tile_id + kv_head
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == NUM_SPLITS - 1:
+                tl.store(counter, 0)  # every launch leaves the counters at 0 (graph replays)
+                _combine_splits(out_ptr, part_acc_ptr, part_ml_ptr, part - split, tok, head,
+                                d, row_ok, io_mask, stride_ot, stride_oh,
+                                NUM_SPLITS, HEAD_DIM)  # fmt: skip
+
+
+@triton.jit
+def _combine_splits(
+    out_ptr, part_acc_ptr, part_ml_ptr, part0, tok, head, d, row_ok, io_mask,
+    stride_ot, stride_oh, NUM_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """out = sum_s w_s acc_s / sum_s w_s l_s over the splits' partials, w_s = 2^(m_s - max m),
+    as a running (online) combine; part0: [BLOCK_M] index of each row's split 0. The loads
+    bypass L1 (.cg): other SMs wrote these partials during this kernel."""
+    m_run = tl.full(part0.shape, float("-inf"), dtype=tl.float32)
+    l_run = tl.zeros(part0.shape, dtype=tl.float32)
+    o_run = tl.zeros(io_mask.shape, dtype=tl.float32)
+    for s in range(NUM_SPLITS):
+        part = part0 + s
+        m_s = tl.load(part_ml_ptr + part * 2, mask=row_ok, other=float("-inf"),
+                      cache_modifier=".cg")  # fmt: skip
+        l_s = tl.load(part_ml_ptr + part * 2 + 1, mask=row_ok, other=0.0, cache_modifier=".cg")
+        acc_s = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=io_mask,
+                        other=0.0, cache_modifier=".cg")  # fmt: skip
+        m_new = tl.maximum(m_run, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key seen yet: weights 0
+        alpha = tl.exp2(m_run - m_safe)
+        beta = tl.exp2(m_s - m_safe)
+        o_run = o_run * alpha[:, None] + acc_s * beta[:, None]
+        l_run = l_run * alpha + l_s * beta
+        m_run = m_new
+    out = o_run / tl.where(l_run == 0.0, 1.0, l_run)[:, None]
+    o_offs = tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
+    tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
 @triton.jit
@@ -209,7 +255,17 @@ def _reduce_kernel(
 
 def default_num_splits(num_ctas: int, max_seq_len: int, num_sms: int) -> int:
     """Splits so the grid covers the GPU ~4 times, each split still >= 256 keys; a power of two,
-    so that the kernel has six variants (1..32) to compile, all at start-up."""
+    so that the kernel has six variants (1..32) to compile, all at start-up.
+
+    Short contexts at batch 1 (the single stream: 8 kv heads, 512-640 keys) still split, on
+    purpose. One split is 8 programs on 8 of 132 SMs, each streaming ~320 KB of K/V at one SM's
+    share of L2 bandwidth (~100 GB/s): ~3 us. Two or three splits of >= 256 keys read <= 128 KB
+    each, and since the last split combines the partials inside the kernel (FUSED_REDUCE) there
+    is no second launch to pay for it (that launch, ~2 us in a graph, is what made a single
+    pass competitive before). Contexts under 257 keys get one split: one 128-key tile or two
+    per program, nothing to spread. CUDA graphs fix the count from their longest context; the
+    splits a shorter sequence does not need are empty and cost a few hundred ns each.
+    """
     if max_seq_len <= 0:
         return 1
     want = triton.cdiv(4 * num_sms, max(num_ctas, 1))
@@ -279,6 +335,27 @@ def warm_up(kv_cache: torch.Tensor, num_heads: int) -> int:
     return num_runs
 
 
+# Split-K partials are combined inside the attention kernel by the last split to finish (one
+# launch). False falls back to the separate `_reduce_kernel` launch (the pre-fusion path).
+FUSED_REDUCE = True
+
+# Arrival counters of the fused combine, int32, one per (q tile, seq, kv head) of a launch:
+# zero between launches (the last split resets its own). Keyed by (device, stream) so that
+# launches which may overlap never share one. Never freed: a CUDA graph keeps the address it
+# captured (a buffer grown during a capture comes from the graph's pool, zeroed at replay).
+_COUNTERS: dict[tuple[str, int], list[torch.Tensor]] = {}
+_MIN_COUNTERS = 1 << 16
+
+
+def _counters(device: torch.device, size: int) -> torch.Tensor:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    buffers = _COUNTERS.setdefault((str(device), stream), [])
+    if not buffers or buffers[-1].numel() < size:
+        size = max(size, _MIN_COUNTERS, 2 * buffers[-1].numel() if buffers else 0)
+        buffers.append(torch.zeros(size, dtype=torch.int32, device=device))
+    return buffers[-1]
+
+
 # The interpreter (CPU tests): 32-key tiles so that small contexts take both the unmasked and
 # the diagonal loop, 16..64-row tiles so that prefill spans several query tiles.
 _INTERPRETER_CONFIG = {"block_n": 32, "num_warps": 4, "num_stages": 1}
@@ -339,10 +416,12 @@ def attention(
                               device=q.device)  # fmt: skip
     else:
         part_acc = part_ml = out  # unused
-    block_d = triton.next_power_of_2(head_dim)
+    fused_reduce = FUSED_REDUCE and num_splits > 1
     grid = (num_q_tiles, num_seqs, num_kv_heads * num_splits)
+    counters = _counters(q.device, num_q_tiles * num_seqs * num_kv_heads) if fused_reduce else out
+    block_d = triton.next_power_of_2(head_dim)
     _attn_kernel[grid](
-        q, kv_cache, out, part_acc, part_ml, query_start_loc, seq_lens, block_tables,
+        q, kv_cache, out, part_acc, part_ml, counters, query_start_loc, seq_lens, block_tables,
         scale * LOG2E, num_heads,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
@@ -350,10 +429,10 @@ def attention(
         GROUP=group, HEADS_PAD=heads_pad, BLOCK_Q=block_q, BLOCK_M=block_m,
         BLOCK_N=cfg["block_n"], BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
         NUM_SPLITS=num_splits, NUM_STAGES=cfg["num_stages"], INTERPRET=not is_cuda,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", FUSED_REDUCE=fused_reduce,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
-    if num_splits > 1:
+    if num_splits > 1 and not fused_reduce:
         # The interpreter pays per program: one program per token there.
         block_h = triton.next_power_of_2(num_heads) if not is_cuda else 4
         _reduce_kernel[(num_tokens, triton.cdiv(num_heads, block_h))](
