@@ -16,7 +16,13 @@ if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("needs a CUDA GPU (and no TRITON_INTERPRET)", allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed")
 
-from pdserve.model.ops import get_ops, torch_ref  # noqa: E402
+from pdserve.model.ops import (  # noqa: E402
+    get_ops,
+    torch_ref,
+    triton_attention,
+    triton_gemv,
+    triton_ops,
+)
 from tests.kernels.helpers import make_problem, rel_err  # noqa: E402
 
 ops = get_ops("triton")
@@ -133,3 +139,99 @@ def test_decode_is_cuda_graph_capturable():
     ref = torch_ref.paged_attention(q.float(), kv.float(), meta, 0.088)
     assert rel_err(out, ref) < 1e-2
     assert not torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("num_tokens", [1, 7, 300])
+def test_rotary_store_kv_matches_rotary_then_store(num_tokens, block_size):
+    """The fused op on the 8B attention shape: q, k, v as views of one qkv row, some padding."""
+    num_heads, num_kv_heads, head_dim = 32, 8, 128
+    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, device="cuda")
+    q, k, v = qkv.to(torch.bfloat16).split([num_heads * head_dim, num_kv_heads * head_dim,
+                                            num_kv_heads * head_dim], dim=-1)  # fmt: skip
+    q = q.view(num_tokens, num_heads, head_dim)
+    k, v = (t.view(num_tokens, num_kv_heads, head_dim) for t in (k, v))
+    positions = torch.randint(0, 8192, (num_tokens,), device="cuda")
+    cos_sin = torch.randn(8192, head_dim, device="cuda")
+    kv = torch.randn(64, 2, block_size, num_kv_heads, head_dim, device="cuda").bfloat16()
+    kv_ref = kv.clone()
+    slots = torch.randperm(64 * block_size, device="cuda")[:num_tokens]
+    slots[::5] = -1  # padding rows (CUDA-graph batches) store nothing
+    ref_q = torch_ref.rotary_store_kv(q.clone(), k, v, positions, cos_sin, kv_ref, slots)
+    out_q = ops.rotary_store_kv(q, k, v, positions, cos_sin, kv, slots)
+    assert out_q.data_ptr() == q.data_ptr()  # in place into the qkv buffer
+    torch.testing.assert_close(out_q, ref_q)
+    torch.testing.assert_close(kv[:, 0], kv_ref[:, 0])
+    assert torch.equal(kv[:, 1], kv_ref[:, 1])  # V is a copy
+
+
+# Llama-3.1-8B's linear layers: (out, in) of qkv, o, gate_up, down, lm_head.
+GEMV_SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096)]
+
+
+@pytest.mark.parametrize("shape", GEMV_SHAPES, ids=lambda s: "{}x{}".format(*s))
+@pytest.mark.parametrize("num_rows", [1, 2, 4, 8])
+def test_gemv_matches_matmul_on_8b_shapes(shape, num_rows):
+    n, k = shape
+    w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+    x = torch.randn(num_rows, k, device="cuda").bfloat16()
+    out = triton_gemv.gemv(x, w)
+    ref = torch.nn.functional.linear(x.float(), w.float())
+    assert out.shape == (num_rows, n) and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < 1e-2
+    assert rel_err(out, torch.nn.functional.linear(x, w)) < 1e-2
+
+
+@pytest.mark.parametrize("num_rows", [1, 3, 8])
+def test_gemv_bias_and_silu_mul_match_reference(num_rows):
+    w = (torch.randn(4096, 14336, device="cuda") * 0.02).bfloat16()
+    gate_up = torch.randn(num_rows, 2 * 14336, device="cuda").bfloat16()
+    out = triton_gemv.gemv(gate_up, w, silu_mul=True)
+    ref = torch.nn.functional.linear(torch_ref.silu_mul(gate_up.float()), w.float())
+    assert rel_err(out, ref) < 1e-2
+    wq = (torch.randn(1536, 1024, device="cuda") * 0.02).bfloat16()  # Qwen2-style qkv bias
+    b = torch.randn(1536, device="cuda").bfloat16()
+    x = torch.randn(num_rows, 1024, device="cuda").bfloat16()
+    ref = torch.nn.functional.linear(x.float(), wq.float(), b.float())
+    assert rel_err(triton_gemv.gemv(x, wq, b), ref) < 1e-2
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_fused_split_combine_is_race_free_over_repeats(batch):
+    """The last-split-combines path, many launches back to back (a lost arrival or a stale
+    partial would leave NaN from the poisoned output or a wrong row): equal to the separate
+    reduce launch and to the reference every time, counters back at 0."""
+    seq_lens, q_lens = _lens(batch, 640 if batch == 1 else 4000, 1, seed=batch)
+    q, kv, meta = make_problem(seq_lens, q_lens, num_kv_heads=8, group=4, head_dim=128,
+                               block_size=16, dtype=torch.bfloat16, device="cuda")  # fmt: skip
+    ref = torch_ref.paged_attention(q.float(), kv.float(), meta, 0.088)
+    triton_attention.FUSED_REDUCE = False
+    try:
+        separate = ops.paged_attention(q, kv, meta, 0.088, num_splits=16)
+    finally:
+        triton_attention.FUSED_REDUCE = True
+    outs = [ops.paged_attention(q, kv, meta, 0.088, num_splits=s) for s in (2, 4, 16) * 20]
+    for out in outs:
+        assert rel_err(out, ref) < 1e-2
+    assert rel_err(outs[-1], separate) < 1e-3
+    for buffers in triton_attention._COUNTERS.values():
+        assert all(int(b.abs().sum()) == 0 for b in buffers)
+
+
+@pytest.mark.parametrize("shape", ["tiny-qwen2", "tiny-llama3"])
+@pytest.mark.parametrize("gemv_rows", [0, 8])
+def test_tiny_model_on_triton_ops_matches_torch_ref(monkeypatch, shape, gemv_rows):
+    from pdserve.model.loader import load_model
+    from tests.model.model_testing import PagedRunner
+
+    monkeypatch.setattr(triton_ops, "gemv_max_rows", gemv_rows)
+    logits = {}
+    for name in ("torch_ref", "triton"):
+        model, _ = load_model(f"dummy:{shape}", dtype=torch.bfloat16, device="cuda",
+                              ops=get_ops(name))  # fmt: skip
+        with torch.device("cuda"):  # the runner's cache and metadata tensors
+            runner = PagedRunner(model, block_size=16)
+            prefill = runner.step([(0, list(range(3, 40))), (1, [4, 4, 9])])
+            decode = runner.step([(0, [11]), (1, [12])])
+        logits[name] = torch.cat([*prefill, *decode])
+    assert rel_err(logits["triton"], logits["torch_ref"]) < 2e-2

@@ -339,20 +339,26 @@ def warm_up(kv_cache: torch.Tensor, num_heads: int) -> int:
 # launch). False falls back to the separate `_reduce_kernel` launch (the pre-fusion path).
 FUSED_REDUCE = True
 
-# Arrival counters of the fused combine, int32, one per (q tile, seq, kv head) of a launch:
-# zero between launches (the last split resets its own). Keyed by (device, stream) so that
-# launches which may overlap never share one. Never freed: a CUDA graph keeps the address it
-# captured (a buffer grown during a capture comes from the graph's pool, zeroed at replay).
-_COUNTERS: dict[tuple[str, int], list[torch.Tensor]] = {}
+# Arrival counters of the fused combine, int32, one per (q tile, seq, kv head) of a launch,
+# one buffer per device: zero between launches (the last split resets its own), so launches
+# must not overlap in time on one device (pdserve runs attention on one stream per device).
+# Never freed: a CUDA graph keeps the address it captured. A capture cannot allocate one (its
+# zeroing memset would only run at replay), so the eager warm-up before a capture does.
+_COUNTERS: dict[str, list[torch.Tensor]] = {}
 _MIN_COUNTERS = 1 << 16
 
 
 def _counters(device: torch.device, size: int) -> torch.Tensor:
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    buffers = _COUNTERS.setdefault((str(device), stream), [])
-    if not buffers or buffers[-1].numel() < size:
-        size = max(size, _MIN_COUNTERS, 2 * buffers[-1].numel() if buffers else 0)
-        buffers.append(torch.zeros(size, dtype=torch.int32, device=device))
+    buffers = _COUNTERS.setdefault(str(device), [])
+    if buffers and buffers[-1].numel() >= size:
+        return buffers[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"paged attention needs {size} split counters but none were allocated before this "
+            "CUDA-graph capture: run the same step once eagerly first (the warm-up does)"
+        )
+    size = max(size, _MIN_COUNTERS, 2 * buffers[-1].numel() if buffers else 0)
+    buffers.append(torch.zeros(size, dtype=torch.int32, device=device))
     return buffers[-1]
 
 

@@ -12,8 +12,8 @@ program owns BLOCK_N output columns (rows of w) and walks the whole K:
 M = 1 multiplies on the CUDA cores (w tile * x row, summed over K); M = 2..8 pads x to 16 rows
 and uses tl.dot (the tensor cores are idle otherwise, and a 16-row dot costs nothing extra).
 K is a compile-time constant (a model has two or three distinct K; the loop's trip count is
-then known). BLOCK_N is chosen so that there are a few programs per SM (no split-K: no second launch, no
-atomics), BLOCK_K so that a tile is ~8k elements (64 per thread at 4 warps).
+then known). BLOCK_N is chosen so that there are a few programs per SM (no split-K: no second
+launch, no atomics), BLOCK_K so that a tile is ~8k elements (64 per thread at 4 warps).
 
 `silu_mul=True` reads x as gate_up [M, 2K] and multiplies silu(gate) * up (rounded to x's
 dtype, as ops.silu_mul would) while loading: the MLP's activation costs no launch of its own.
@@ -117,8 +117,8 @@ def gemv(
         num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count if is_cuda else 4
         config = default_config(num_rows, n, k, num_sms)
     use_dot = bool(config["use_dot"])
-    block_m = max(16, triton.next_power_of_2(num_rows)) if use_dot else triton.next_power_of_2(
-        num_rows
+    block_m = (
+        max(16, triton.next_power_of_2(num_rows)) if use_dot else triton.next_power_of_2(num_rows)
     )
     block_n, block_k = config["block_n"], config["block_k"]
     grid = (triton.cdiv(n, block_n),)

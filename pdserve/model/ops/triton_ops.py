@@ -8,7 +8,6 @@ TRITON_INTERPRET=1 was set before this module was imported (the CPU kernel tests
 from __future__ import annotations
 
 import torch
-
 import torch.nn.functional as F
 
 from pdserve.config import env_flag
