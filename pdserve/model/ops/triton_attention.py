@@ -300,7 +300,11 @@ def default_config(
 
 def warm_up(kv_cache: torch.Tensor, num_heads: int) -> int:
     """Compile every variant `attention` can pick for this model on this GPU (each tile config
-    `default_config` returns x each split count), on one short sequence; -> variants run."""
+    `default_config` returns x each split count), on one short sequence; -> variants run.
+
+    Triton also specializes integer arguments divisible by 16: the block table's row stride is
+    the step's widest row (compact tables), so each variant is compiled with a width that is a
+    multiple of 16 and with one that is not (a W1 prefill once compiled the former mid-run)."""
     _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
     heads_pad = triton.next_power_of_2(num_heads // num_kv_heads)
     num_sms = torch.cuda.get_device_properties(kv_cache.device).multi_processor_count
@@ -319,19 +323,20 @@ def warm_up(kv_cache: torch.Tensor, num_heads: int) -> int:
             seq_len = q_len + 256 * num_splits
             q = torch.zeros(q_len, num_heads, head_dim, dtype=kv_cache.dtype, device=device)
             num_blocks = triton.cdiv(seq_len, block_size)
-            attention(
-                q,
-                kv_cache,
-                torch.tensor([0, q_len], dtype=torch.int32, device=device),
-                torch.tensor([seq_len], dtype=torch.int32, device=device),
-                torch.zeros(1, num_blocks, dtype=torch.int32, device=device),
-                q_len,
-                seq_len,
-                1.0,
-                num_splits=num_splits,
-                config=cfg,
-            )
-            num_runs += 1
+            for width in sorted({num_blocks | 1, triton.cdiv(num_blocks, 16) * 16}):
+                attention(
+                    q,
+                    kv_cache,
+                    torch.tensor([0, q_len], dtype=torch.int32, device=device),
+                    torch.tensor([seq_len], dtype=torch.int32, device=device),
+                    torch.zeros(1, width, dtype=torch.int32, device=device),
+                    q_len,
+                    seq_len,
+                    1.0,
+                    num_splits=num_splits,
+                    config=cfg,
+                )
+                num_runs += 1
     return num_runs
 
 
