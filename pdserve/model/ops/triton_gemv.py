@@ -45,6 +45,13 @@ def _gemv_kernel(
     w_ptrs = w_ptr + n.to(tl.int64)[:, None] * stride_wn + k[None, :]  # [BLOCK_N, BLOCK_K]
     x_ptrs = x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :]  # [BLOCK_M, BLOCK_K]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # One row on the CUDA cores: products pile up elementwise in a [BLOCK_N, BLOCK_K] tile and
+    # are summed over K once at the end (no cross-thread reduction per K step).
+    ACC_WIDE: tl.constexpr = (not USE_DOT) and BLOCK_M == 1
+    if ACC_WIDE:
+        acc_wide = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    else:
+        acc_wide = tl.zeros([1, 1], dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
         k_ok = (k0 + k) < K
         if EVEN_N and EVEN_K:
@@ -63,11 +70,15 @@ def _gemv_kernel(
                               input_precision=PRECISION)  # fmt: skip
             else:
                 acc += tl.dot(x, tl.trans(w), input_precision=PRECISION)
+        elif ACC_WIDE:
+            acc_wide += w.to(tl.float32) * x.to(tl.float32)  # [BLOCK_N, BLOCK_K] * [1, BLOCK_K]
         else:
             prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
             acc += tl.sum(prod, axis=2)  # [BLOCK_M, BLOCK_N]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
+    if ACC_WIDE:
+        acc = tl.sum(acc_wide, axis=1)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + m.to(tl.int64)[:, None] * stride_ym + n[None, :]
