@@ -118,7 +118,9 @@ class LoadGenerator:
                     piece = choice.get("text")
                     if piece is None:
                         piece = (choice.get("delta") or {}).get("content") or ""
-                    if piece or choice.get("finish_reason") is None:
+                    # A chunk carries tokens unless it is the bare closing one; a closing
+                    # chunk that comes first carried the request's first (and only) tokens.
+                    if piece or choice.get("finish_reason") is None or not tl.token_times_s:
                         tl.token_times_s.append(now)
                         num_chunks += 1
                     break  # one choice per request (n = 1)

@@ -207,11 +207,17 @@ def main(args: argparse.Namespace) -> int:
         on_gpu = (
             fleet_class is LocalFleet and args.device in ("auto", "cuda") and not args.fake_workers
         )
-        gpus = split_gpus(visible_gpus() if on_gpu else (), [n for _, n, _ in roles])
+        # CUDA IPC hands device indices between workers: they all see every GPU, each runs
+        # on its own by index (`--device cuda:N`) instead of CUDA_VISIBLE_DEVICES.
+        gpu_mode = "index" if args.kv_transport == "cuda_ipc" else "env"
+        visible = visible_gpus() if on_gpu else ()
+        if gpu_mode == "index":
+            visible = tuple(str(i) for i in range(len(visible)))
+        gpus = split_gpus(visible, [n for _, n, _ in roles])
         for (prefix, n, extra), fleet_gpus in zip(roles, gpus):
             fleet_config = LocalFleetConfig(
                 n, (*argv, *extra), module, id_prefix=prefix, restart=args.restart_workers,
-                env=env, gpus=fleet_gpus,
+                env=env, gpus=fleet_gpus, gpu_mode=gpu_mode,
             )  # fmt: skip
             fleets.append(fleet_class(fleet_config, controller.address, controller.mark_dead))
     failure: list[str] = []

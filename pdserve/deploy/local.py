@@ -32,15 +32,26 @@ class LocalFleetConfig:
     env: dict[str, str] = field(default_factory=dict)  # added to each worker's environment
     # GPUs for the workers, in order (worker i gets gpus[i % len]); () leaves CUDA_VISIBLE_DEVICES
     gpus: tuple[str, ...] = ()
+    # How a worker gets its GPU: "env" = CUDA_VISIBLE_DEVICES=<gpu> (it sees one device);
+    # "index" = every GPU stays visible and the worker runs on `--device cuda:<gpu>` (gpus are
+    # then indices). CUDA IPC needs "index": a peer's memory handle names its device by the
+    # index both processes must agree on.
+    gpu_mode: str = "env"
 
     @property
     def instance_ids(self) -> list[str]:
         return [f"{self.id_prefix}-{i}" for i in range(self.num_instances)]
 
     def worker_env(self, index: int) -> dict[str, str]:
-        if not self.gpus:
+        if not self.gpus or self.gpu_mode == "index":
             return self.env
         return {**self.env, "CUDA_VISIBLE_DEVICES": self.gpus[index % len(self.gpus)]}
+
+    def device_argv(self, index: int) -> tuple[str, ...]:
+        """Flags that put worker `index` on its GPU ("index" mode; after the shared flags)."""
+        if not self.gpus or self.gpu_mode != "index":
+            return ()
+        return ("--device", f"cuda:{self.gpus[index % len(self.gpus)]}")
 
 
 def visible_gpus() -> tuple[str, ...]:
@@ -115,8 +126,9 @@ class LocalFleet:
         self._watcher = asyncio.create_task(self._watch())
 
     def spawn(self, instance_id: str, extra_argv: Sequence[str] = ()) -> subprocess.Popen:
-        args = worker_args(self.config, self.driver_address, instance_id, extra_argv)
         index = self.instance_ids.index(instance_id) if instance_id in self.instance_ids else 0
+        extra_argv = (*self.config.device_argv(index), *extra_argv)
+        args = worker_args(self.config, self.driver_address, instance_id, extra_argv)
         proc = start_worker_process(args, self.config.worker_env(index))
         self.procs[instance_id] = proc
         return proc

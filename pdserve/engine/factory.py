@@ -78,6 +78,9 @@ def load_tokenizer(spec: str, model_config: ModelConfig):
 
 def build_engine(config: EngineConfig, instance_id: str = "") -> Engine:
     device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is not None:
+        # Triton kernels, CUDA graphs and streams follow the current device, not the tensors'.
+        torch.cuda.set_device(device)
     dtype = resolve_dtype(config.dtype, device)
     torch.manual_seed(config.seed)
     model, model_config = load_model(config.model, dtype=dtype, device=device)

@@ -47,6 +47,10 @@ class FakeServer:
         await resp.prepare(request)
         num_tokens = body["max_tokens"]
         await asyncio.sleep(self.first_delay_s)
+        if self.mode == "one-closing-chunk":  # every token in the closing chunk, no text
+            choice = {"index": 0, "finish_reason": "length", "text": ""}
+            await resp.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+            num_tokens = 0
         for i in range(num_tokens):
             if i > 0:
                 await asyncio.sleep(self.token_delay_s)
@@ -58,7 +62,7 @@ class FakeServer:
             choice.update({"delta": {"content": " tok"}} if is_chat else {"text": " tok"})
             await resp.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
         plen = len(prompt) if isinstance(prompt, list) and not is_chat else 7
-        usage = {"prompt_tokens": plen, "completion_tokens": num_tokens}
+        usage = {"prompt_tokens": plen, "completion_tokens": body["max_tokens"]}
         await resp.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()

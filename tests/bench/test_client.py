@@ -27,6 +27,17 @@ def test_records_ttft_itl_and_token_counts(fake_server):
     assert s.completed == 4 and s.total_output_tokens == 24
 
 
+def test_a_closing_chunk_that_carries_the_tokens_gives_the_first_token_time(fake_server):
+    """A server may send a short answer's tokens in one closing chunk (empty text for a model
+    without a tokenizer): the first token arrived with it, so TTFT is its time."""
+    server = fake_server(mode="one-closing-chunk", first_delay_s=0.1, token_delay_s=0.0)
+    run = run_load(random_workload(2, 12, 2, vocab_size=100), _config(server))
+    for t in run.timelines:
+        assert t.is_success and t.error == ""
+        assert t.num_output_tokens == 2 and len(t.token_times_s) == 1
+        assert 0.09 < ttft_s(t) < 0.5
+
+
 def test_chat_endpoint_sends_text_messages(fake_server):
     server = fake_server(first_delay_s=0.0, token_delay_s=0.0)
     reqs = random_workload(2, 5, 3, vocab_size=100)

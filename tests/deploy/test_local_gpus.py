@@ -37,3 +37,18 @@ def test_visible_gpus_from_the_environment_or_nvidia_smi(monkeypatch):
 
     monkeypatch.setattr(local.subprocess, "run", missing)
     assert visible_gpus() == ()
+
+
+def test_index_mode_keeps_every_gpu_visible_and_passes_the_device_flag():
+    """CUDA IPC fleets: workers agree on device indices, so each runs on `--device cuda:N`."""
+    config = LocalFleetConfig(3, env={"A": "b"}, gpus=("0", "1"), gpu_mode="index")
+    assert config.worker_env(1) == {"A": "b"}
+    assert [config.device_argv(i) for i in range(3)] == [
+        ("--device", "cuda:0"),
+        ("--device", "cuda:1"),
+        ("--device", "cuda:0"),
+    ]
+    assert LocalFleetConfig(2, gpus=("0", "1")).device_argv(1) == ()
+    args = local.worker_args(config, "tcp://x", "worker-1", config.device_argv(1))
+    # the per-worker flag comes after the shared ones, so it wins over a shared --device
+    assert args[-2:] == ["--device", "cuda:1"]

@@ -1,0 +1,307 @@
+"""PD disaggregation and cluster routing on the GPUs of one host, through `pdserve up`.
+
+    PYTHONPATH=. python benchmarks/bench_pd_gpu.py --parts pd,fused1        # TTFT, PD goodput
+    PYTHONPATH=. python benchmarks/bench_pd_gpu.py --parts fused2,fused2_prefix,fused2_rr
+
+Each part starts one fleet (`pdserve up`, random weights of `--model`'s shape, the same engine
+flags), warms it up on never-reused prompts, runs its measures, and stops it:
+
+  pd         1 prefill + 1 decode worker (one GPU each), KV over CUDA IPC, every request
+             disaggregated (`--pd-disaggregation always`): idle TTFT, goodput sweep
+  fused1     one fused worker on one GPU: idle TTFT (the PD comparison's baseline)
+  fused2     two fused workers (`--routing ttft`): goodput sweep
+  fused2_prefix, fused2_rr   two fused workers with `--routing ttft` / `round_robin` and KV
+             pools sized for the shared-prefix run (below): that run
+
+Measures:
+  idle TTFT    prompts of 1k-8k tokens one at a time (2 new tokens), `--ttft-repeats` each after
+               one unmeasured request of that length; median per length
+  goodput      the prefill-heavy mix (prompts uniform [0.5, 1.5] x `--mix-input-len`, outputs
+               x `--mix-output-len`), Poisson arrivals, rates ascending until two miss; goodput
+               = highest rate with >= `--attainment` of requests meeting TTFT and TPOT SLOs
+  shared-prefix  G system prompts x P questions (interleaved), Poisson at `--prefix-rate`; each
+               worker's KV pool holds about `--prefix-cache-fraction` of the system prompts, so
+               where a request lands decides whether its prefix is cached
+Prints a table and writes JSON (one file per run, every part's rows) to $OUT (default .).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pdserve.bench.arrivals import with_arrivals  # noqa: E402
+from pdserve.bench.client import ClientConfig, run_load  # noqa: E402
+from pdserve.bench.workload import BenchRequest, random_workload, shared_prefix_workload  # noqa: E402
+from pdserve.metrics import summarize, ttft_s  # noqa: E402
+
+OUT = Path(os.environ.get("OUT", "."))
+
+FLEETS = {
+    "pd": ["--prefill", "1", "--decode", "1", "--kv-transport", "cuda_ipc",
+           "--pd-disaggregation", "always"],
+    "fused1": ["--instances", "1"],
+    "fused2": ["--instances", "2", "--routing", "ttft"],
+    "fused2_prefix": ["--instances", "2", "--routing", "ttft"],
+    "fused2_rr": ["--instances", "2", "--routing", "round_robin"],
+}  # fmt: skip
+MEASURES = {
+    "pd": ("ttft", "goodput"),
+    "fused1": ("ttft",),
+    "fused2": ("goodput",),
+    "fused2_prefix": ("prefix",),
+    "fused2_rr": ("prefix",),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fleet:
+    """`pdserve up ...` as a subprocess, healthy and serving `model` once constructed."""
+
+    def __init__(self, part: str, args, extra: list[str]):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        flags = [args.pd_transport if f == "cuda_ipc" else f for f in FLEETS[part]]
+        cmd = [sys.executable, "-m", "pdserve", "up", args.model, *flags, *extra,
+               "--port", str(self.port), "--max-model-len", str(args.max_model_len),
+               "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+               "--heartbeat-timeout-s", "10"]  # fmt: skip
+        self.command = " ".join(cmd[1:])
+        print(f"[{part}] {self.command}", flush=True)
+        self.log = open(OUT / f"fleet-{part}.log", "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        start = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"[{part}] pdserve up exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - start > args.start_timeout_s:
+                self.stop()
+                raise RuntimeError(f"[{part}] not healthy after {args.start_timeout_s} s")
+            time.sleep(1)
+        self.start_s = time.monotonic() - start
+        self.model = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
+
+    def run(self, requests: list[BenchRequest]):
+        config = ClientConfig(self.url, self.model, prompt_format="tokens", show_progress=False)
+        return run_load(requests, config)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def fresh(requests: list[BenchRequest], seed: int, vocab: int, tag: str) -> list[BenchRequest]:
+    """The same lengths with never-seen prompt ids (no prefix hits across runs)."""
+    import random
+
+    rng = random.Random(seed)
+    return [replace(r, request_id=f"{r.request_id}-{tag}",
+                    prompt_token_ids=tuple(rng.randrange(10, vocab) for _ in range(r.prompt_len)))
+            for r in requests]  # fmt: skip
+
+
+def warm_up(fleet: Fleet, args) -> None:
+    """Every length the measures use, a few at once and one alone, on throwaway prompts."""
+    lens = sorted({*args.ttft_lens, args.mix_input_len // 2, args.mix_input_len * 3 // 2})
+    reqs = [BenchRequest(f"warm-{n}-{i}", (), 16, arrival_s=0.0) for n in lens for i in range(2)]
+    reqs = [replace(r, prompt_token_ids=(0,) * int(r.request_id.split("-")[1])) for r in reqs]
+    fleet.run(fresh(reqs, 7, args.vocab_size, "warm"))
+    fleet.run(fresh(reqs[:1], 8, args.vocab_size, "warm1"))
+
+
+def idle_ttft(fleet: Fleet, args) -> list[dict]:
+    rows = []
+    for n in args.ttft_lens:
+        samples = []
+        for k in range(args.ttft_repeats + 1):
+            req = BenchRequest(f"ttft-{n}-{k}", (0,) * n, 2, arrival_s=0.0)
+            run = fleet.run(fresh([req], 100 * n + k, args.vocab_size, f"t{k}"))
+            tl = run.timelines[0]
+            if not tl.is_success:
+                raise RuntimeError(f"TTFT request of {n} tokens failed: {tl.error}")
+            if k:  # the first of each length is not measured
+                samples.append(ttft_s(tl) * 1e3)
+        rows.append({"prompt_len": n, "ttft_ms_median": statistics.median(samples),
+                     "ttft_ms": samples})  # fmt: skip
+        print(f"  TTFT {n:5d} tokens: {statistics.median(samples):8.1f} ms "
+              f"({', '.join(f'{s:.1f}' for s in samples)})", flush=True)  # fmt: skip
+    return rows
+
+
+def goodput_sweep(fleet: Fleet, args) -> dict:
+    slos = {"ttft": args.slo_ttft_ms / 1e3, "tpot": args.slo_tpot_ms / 1e3}
+    base = random_workload(args.mix_requests, args.mix_input_len, args.mix_output_len, 0.5,
+                           args.vocab_size, seed=1)  # fmt: skip
+    points, misses = [], 0
+    for k, rate in enumerate(args.rates):
+        reqs = fresh(with_arrivals(base, rate, seed=k), 1000 + k, args.vocab_size, f"g{k}")
+        run = fleet.run(reqs)
+        s = summarize(run.timelines, run.duration_s, slos, percentiles=(50, 90)).to_dict()
+        points.append({"rate": rate, **s})
+        print(f"  rate {rate:5.2f}: attainment {100 * s['slo_attainment']:5.1f} %, TTFT p90 "
+              f"{s['p90_ttft_ms']:7.1f} ms, TPOT p90 {s['p90_tpot_ms']:6.1f} ms, "
+              f"{s['completed']}/{s['num_requests']} ok", flush=True)  # fmt: skip
+        misses = 0 if s["slo_attainment"] >= args.attainment else misses + 1
+        if misses >= 2:
+            break
+    ok = [p["rate"] for p in points if p["slo_attainment"] >= args.attainment]
+    return {"slos_ms": {k: v * 1e3 for k, v in slos.items()}, "attainment": args.attainment,
+            "goodput_rps": max(ok, default=0.0), "points": points}  # fmt: skip
+
+
+def prefix_run(fleet: Fleet, args) -> dict:
+    reqs = shared_prefix_workload(args.prefix_groups, args.prefix_questions, args.prefix_system_len,
+                                  args.prefix_question_len, args.prefix_output_len,
+                                  args.vocab_size, seed=3)  # fmt: skip
+    run = fleet.run(with_arrivals(reqs, args.prefix_rate, seed=3))
+    s = summarize(run.timelines, run.duration_s, percentiles=(50, 90, 99)).to_dict()
+    print(f"  shared prefix at {args.prefix_rate} req/s: TTFT p50 {s['p50_ttft_ms']:.1f} ms, "
+          f"p90 {s['p90_ttft_ms']:.1f} ms, {s['output_throughput']:.0f} out tok/s, "
+          f"{s['completed']}/{s['num_requests']} ok", flush=True)  # fmt: skip
+    s["prefix_hit_tokens"] = cluster_prefix_hits(fleet)
+    return s
+
+
+def cluster_prefix_hits(fleet: Fleet) -> float:
+    """The controller's cluster prefix-hit tokens (all instances) from /metrics."""
+    import httpx
+
+    text = httpx.get(f"{fleet.url}/metrics", timeout=10).text
+    total = None
+    for line in text.splitlines():
+        if line.startswith("pdserve:controller_prefix_hit_tokens_total") and not line.startswith(
+            "#"
+        ):
+            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+    return total or 0.0
+
+
+def num_blocks_for_prefix(args) -> int:
+    """Per worker: `--prefix-cache-fraction` of all system prompts, plus the running requests."""
+    bs = 16
+    system = args.prefix_groups * args.prefix_system_len * args.prefix_cache_fraction
+    running = 32 * (args.prefix_system_len + args.prefix_question_len + args.prefix_output_len)
+    return int((system + running) // bs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--parts", default="pd,fused1,fused2,fused2_prefix,fused2_rr")
+    p.add_argument("--model", default="dummy:llama-3.1-8b")
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--pd-transport", default="cuda_ipc", help="nixl for a CPU smoke run")
+    p.add_argument("--max-model-len", type=int, default=10240)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--start-timeout-s", type=float, default=400)
+    p.add_argument("--ttft-lens", default="1024,2048,4096,8192")
+    p.add_argument("--ttft-repeats", type=int, default=3)
+    p.add_argument("--rates", default="2,4,6,8,10,12,16")
+    p.add_argument("--mix-requests", type=int, default=40)
+    p.add_argument("--mix-input-len", type=int, default=4096)
+    p.add_argument("--mix-output-len", type=int, default=128)
+    p.add_argument("--slo-ttft-ms", type=float, default=1000)
+    p.add_argument("--slo-tpot-ms", type=float, default=25)
+    p.add_argument("--attainment", type=float, default=0.9)
+    p.add_argument("--prefix-groups", type=int, default=12)
+    p.add_argument("--prefix-questions", type=int, default=16)
+    p.add_argument("--prefix-system-len", type=int, default=4096)
+    p.add_argument("--prefix-question-len", type=int, default=128)
+    p.add_argument("--prefix-output-len", type=int, default=64)
+    p.add_argument("--prefix-rate", type=float, default=8)
+    p.add_argument("--prefix-cache-fraction", type=float, default=0.6)
+    args = p.parse_args()
+    args.ttft_lens = [int(x) for x in args.ttft_lens.split(",")]
+    args.rates = [float(x) for x in args.rates.split(",")]
+    OUT.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit, "args": vars(args),
+              "gpus": gpu_names(), "parts": {}}  # fmt: skip
+    path = OUT / f"bench_pd_gpu_{args.parts.replace(',', '_')}.json"
+    for part in args.parts.split(","):
+        extra = []
+        if "prefix" in MEASURES[part]:
+            extra = ["--num-blocks", str(num_blocks_for_prefix(args))]
+        entry: dict = {}
+        result["parts"][part] = entry
+        try:
+            fleet = Fleet(part, args, extra)
+        except Exception as e:
+            entry["error"] = str(e)
+            print(f"[{part}] {e}", flush=True)
+            continue
+        entry.update(command=fleet.command, start_s=fleet.start_s)
+        try:
+            warm_up(fleet, args)
+            for measure in MEASURES[part]:
+                fn = {"ttft": idle_ttft, "goodput": goodput_sweep, "prefix": prefix_run}[measure]
+                entry[measure] = fn(fleet, args)
+                path.write_text(json.dumps(result, indent=1) + "\n")
+        except Exception as e:
+            entry["error"] = repr(e)
+            print(f"[{part}] error: {e!r}", flush=True)
+        finally:
+            fleet.stop()
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    print_table(result)
+
+
+def gpu_names() -> list[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        return [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
+def print_table(result: dict) -> None:
+    parts = result["parts"]
+    print(f"\n{result['date']} commit {result['commit']}; {'; '.join(result['gpus'])}")
+    if "ttft" in parts.get("pd", {}) and "ttft" in parts.get("fused1", {}):
+        print(f"{'prompt':>8} {'fused TTFT ms':>14} {'PD TTFT ms':>11} {'PD / fused':>10}")
+        for f, d in zip(parts["fused1"]["ttft"], parts["pd"]["ttft"]):
+            ratio = d["ttft_ms_median"] / f["ttft_ms_median"]
+            print(f"{f['prompt_len']:>8} {f['ttft_ms_median']:>14.1f} "
+                  f"{d['ttft_ms_median']:>11.1f} {100 * (ratio - 1):>+9.1f}%")  # fmt: skip
+    for name, entry in parts.items():
+        if "goodput" in entry:
+            print(f"goodput {name:10s}: {entry['goodput']['goodput_rps']:g} req/s")
+        if "prefix" in entry:
+            s = entry["prefix"]
+            print(f"shared prefix {name:10s}: TTFT p90 {s['p90_ttft_ms']:.1f} ms, p50 "
+                  f"{s['p50_ttft_ms']:.1f} ms, {s['output_throughput']:.0f} out tok/s, "
+                  f"hit tokens {s['prefix_hit_tokens']}")  # fmt: skip
+        if "error" in entry:
+            print(f"{name}: error {entry['error'][:300]}")
+
+
+if __name__ == "__main__":
+    main()
