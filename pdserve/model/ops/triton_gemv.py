@@ -32,6 +32,7 @@ MAX_ROWS = 8  # the largest M this kernel is meant for; bigger batches go to cuB
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, stride_xm, stride_wn, stride_ym,
     K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, USE_DOT: tl.constexpr,
+    ACC_WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
@@ -45,9 +46,8 @@ def _gemv_kernel(
     w_ptrs = w_ptr + n.to(tl.int64)[:, None] * stride_wn + k[None, :]  # [BLOCK_N, BLOCK_K]
     x_ptrs = x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :]  # [BLOCK_M, BLOCK_K]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # One row on the CUDA cores: products pile up elementwise in a [BLOCK_N, BLOCK_K] tile and
-    # are summed over K once at the end (no cross-thread reduction per K step).
-    ACC_WIDE: tl.constexpr = (not USE_DOT) and BLOCK_M == 1
+    # One row on the CUDA cores (ACC_WIDE): products pile up elementwise in a [BLOCK_N, BLOCK_K]
+    # tile and are summed over K once at the end (no cross-thread reduction per K step).
     if ACC_WIDE:
         acc_wide = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     else:
@@ -137,6 +137,7 @@ def gemv(
         x, weight, bias if bias is not None else weight, y, num_rows, n,
         x.stride(0), weight.stride(0), y.stride(0), k,
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, USE_DOT=use_dot,
+        ACC_WIDE=not use_dot and block_m == 1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         EVEN_N=n % block_n == 0, EVEN_K=k % block_k == 0, NUM_STAGES=config["num_stages"],
         # The interpreter's bf16 tl.dot is wrong (triton 3.6): multiply in float32 there.

@@ -112,9 +112,9 @@ def _rotary_store_kv_kernel(
         cache_dtype = kv_ptr.dtype.element_ty
         y1 = tl.where(is_k[:, None], y1.to(k_dtype).to(tl.float32), y1)
         y2 = tl.where(is_k[:, None], y2.to(k_dtype).to(tl.float32), y2)
+        kv_half = tl.where(is_v, stride_kv, 0)  # [BLOCK_H] K rows -> K half, V rows -> V half
         dst = (kv_ptr + (slot // BLOCK_SIZE) * stride_block + (slot % BLOCK_SIZE) * stride_tok
-               + kv_head[:, None] * stride_head + c[None, :])  # fmt: skip
-        dst = tl.where(is_v[:, None], dst + stride_kv, dst)
+               + (kv_half + kv_head * stride_head)[:, None] + c[None, :])  # fmt: skip
         kv_mask = (is_k | is_v)[:, None] & c_ok
         tl.store(dst, y1.to(cache_dtype), mask=kv_mask)
         tl.store(dst + HALF, y2.to(cache_dtype), mask=kv_mask)
