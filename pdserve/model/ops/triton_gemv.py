@@ -90,14 +90,17 @@ def default_config(num_rows: int, n: int, k: int, num_sms: int) -> dict[str, int
     sweeps the alternatives on the 8B shapes and prints the best per shape).
 
     BLOCK_N: the largest (<= 64) that still gives >= 2 programs per SM, so every SM streams.
-    BLOCK_K: a BLOCK_N x BLOCK_K tile of ~8k elements.
+    BLOCK_K: a BLOCK_N x BLOCK_K tile of ~8k elements (at most 256 wide on the dot path).
     """
     use_dot = num_rows > 1
     smallest = 16 if use_dot else 4
     block_n = 64
     while block_n > smallest and triton.cdiv(n, block_n) < 2 * num_sms:
         block_n //= 2
-    block_k = max(32, min(1024, 8192 // block_n, triton.next_power_of_2(k)))
+    # The dot path's x tile is 16 rows (mostly padding) x BLOCK_K: 256 keeps it (and silu_mul's
+    # float32 gate/up) in registers; 512 spilled on sm_90 (ptxas -v).
+    widest = 256 if use_dot else 1024
+    block_k = max(32, min(widest, 8192 // block_n, triton.next_power_of_2(k)))
     return {"block_n": block_n, "block_k": block_k, "use_dot": int(use_dot),
             "num_warps": 4, "num_stages": 4}  # fmt: skip
 
