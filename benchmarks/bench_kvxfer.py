@@ -16,8 +16,9 @@ tmpfs gives no huge pages here), and, in this process, between two caches on 2 M
 pages NIXL's registration gives the caches). NIXL rows: one request (moved inside `poll`), one
 with the sender's progress thread, 32 layer-by-layer requests, 2048 descriptors of 64 KiB (every
 block its own run), and on 4 KiB pages (huge_pages=False on both sides).
-GPU (2+ GPUs): CUDA IPC cuda:0 -> cuda:1 (memcpy per descriptor, strided kernel, layer by
-layer) and NIXL on VRAM, vs a plain cuda:0 -> cuda:1 copy of 128 MiB in one process.
+GPU (2+ GPUs): CUDA IPC cuda:0 -> cuda:1 (one request, layer by layer, and every block its
+own run) and NIXL on VRAM (where nixl is installed), vs a plain cuda:0 -> cuda:1 copy of
+128 MiB in one process.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def receiver(conn, device: str, targets: list[Target]) -> None:
     also a shared-memory mirror (the memcpy reference's destination). Answers ("checksum",
     label, block_ids), ("clear", label), ("stop",)."""
     torch.set_num_threads(1)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # as a worker on its GPU does
     caches, transports, metadata = {}, {}, {}
     for t in targets:
         caches[t.label] = make_cache(device)
@@ -254,8 +257,8 @@ def gpu_section(iters: int) -> list[dict]:
     srcs = {"src": make_cache("cuda:0").normal_()}
     nbytes = x.numel() * x.element_size()
     ipc = [Variant("cuda_ipc memcpy/descriptor", "cuda_ipc"),
-           Variant("cuda_ipc strided", "cuda_ipc", {"strided": True}),
-           Variant("cuda_ipc memcpy layer-by-layer", "cuda_ipc", per_layer=True)]  # fmt: skip
+           Variant("cuda_ipc memcpy layer-by-layer", "cuda_ipc", per_layer=True),
+           Variant("cuda_ipc 2048 x 64 KiB", "cuda_ipc", dst_ids=SCATTERED_DST_IDS)]  # fmt: skip
     nixl = [Variant("nixl VRAM request", "nixl_vram"),
             Variant("nixl VRAM layer-by-layer", "nixl_vram", per_layer=True)]  # fmt: skip
     fns_ipc, errors = prepare_transfers("cuda_ipc", ipc, conn, metadata, srcs)

@@ -85,6 +85,7 @@ class Fleet:
                "--port", str(self.port), "--max-model-len", str(args.max_model_len),
                "--max-num-batched-tokens", str(args.max_num_batched_tokens),
                "--heartbeat-timeout-s", "10"]  # fmt: skip
+        self.part = part
         self.command = " ".join(cmd[1:])
         print(f"[{part}] {self.command}", flush=True)
         self.log = open(OUT / f"fleet-{part}.log", "w")  # noqa: SIM115 (closed in stop)
@@ -163,7 +164,10 @@ def goodput_sweep(fleet: Fleet, args) -> dict:
     points, misses = [], 0
     for k, rate in enumerate(args.rates):
         reqs = fresh(with_arrivals(base, rate, seed=k), 1000 + k, args.vocab_size, f"g{k}")
+        probes = diagnose(fleet, f"{fleet.part}-rate{rate:g}") if rate in args.diagnose else []
         run = fleet.run(reqs)
+        for probe in probes:
+            probe.wait()
         s = summarize(run.timelines, run.duration_s, slos, percentiles=(50, 90)).to_dict()
         points.append({"rate": rate, **s})
         print(f"  rate {rate:5.2f}: attainment {100 * s['slo_attainment']:5.1f} %, TTFT p90 "
@@ -175,6 +179,28 @@ def goodput_sweep(fleet: Fleet, args) -> dict:
     ok = [p["rate"] for p in points if p["slo_attainment"] >= args.attainment]
     return {"slos_ms": {k: v * 1e3 for k, v in slos.items()}, "attainment": args.attainment,
             "goodput_rps": max(ok, default=0.0), "points": points}  # fmt: skip
+
+
+def diagnose(fleet: Fleet, tag: str, delay_s: float = 3.0, seconds: int = 6) -> list:
+    """In the background, from `delay_s` into a run: py-spy on every worker process (where it is
+    installed and allowed) and nvidia-smi's utilization per GPU, into $OUT/diag-<tag>-*."""
+    pids = subprocess.run(["pgrep", "-P", str(fleet.proc.pid)], capture_output=True,
+                          text=True).stdout.split()  # fmt: skip
+    cmds = [f"nvidia-smi dmon -s u -c {seconds} > {OUT}/diag-{tag}-gpu.txt 2>&1"]
+    cmds += [f"{py_spy()} record --nonblocking -r 200 -d {seconds} -f raw -p {pid} "
+             f"-o {OUT}/diag-{tag}-pid{pid}.txt > /dev/null 2>&1" for pid in pids]  # fmt: skip
+    return [subprocess.Popen(f"sleep {delay_s}; {cmd}", shell=True) for cmd in cmds]
+
+
+def py_spy() -> str:
+    """py-spy on PATH, beside this interpreter, or in a `pip --target` dir on sys.path."""
+    import shutil
+
+    places = [Path(sys.executable).parent, *(Path(p) / "bin" for p in sys.path if p)]
+    found = shutil.which("py-spy") or next(
+        (str(d / "py-spy") for d in places if (d / "py-spy").exists()), None
+    )
+    return found or "py-spy"
 
 
 def prefix_run(fleet: Fleet, args) -> dict:
@@ -230,6 +256,8 @@ def main() -> None:
     p.add_argument("--slo-ttft-ms", type=float, default=1000)
     p.add_argument("--slo-tpot-ms", type=float, default=25)
     p.add_argument("--attainment", type=float, default=0.9)
+    p.add_argument("--skip", default="", help="measures not to run: ttft,goodput,prefix")
+    p.add_argument("--diagnose", default="", help="rates at which to profile the workers")
     p.add_argument("--prefix-groups", type=int, default=12)
     p.add_argument("--prefix-questions", type=int, default=16)
     p.add_argument("--prefix-system-len", type=int, default=4096)
@@ -240,6 +268,8 @@ def main() -> None:
     args = p.parse_args()
     args.ttft_lens = [int(x) for x in args.ttft_lens.split(",")]
     args.rates = [float(x) for x in args.rates.split(",")]
+    args.diagnose = [float(x) for x in args.diagnose.split(",") if x]
+    args.skip = set(args.skip.split(","))
     OUT.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()  # fmt: skip
@@ -261,7 +291,7 @@ def main() -> None:
         entry.update(command=fleet.command, start_s=fleet.start_s)
         try:
             warm_up(fleet, args)
-            for measure in MEASURES[part]:
+            for measure in (m for m in MEASURES[part] if m not in args.skip):
                 fn = {"ttft": idle_ttft, "goodput": goodput_sweep, "prefix": prefix_run}[measure]
                 entry[measure] = fn(fleet, args)
                 path.write_text(json.dumps(result, indent=1) + "\n")

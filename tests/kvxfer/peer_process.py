@@ -14,6 +14,8 @@ def serve(conn, kind: str, name: str, device: str = "cpu") -> None:
     from .kv_helpers import POISON, kv_cache
 
     try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # as a worker on its GPU does
         transport = make_transport(kind, name)
         cache = kv_cache(fill=POISON).to(device)
         conn.send(transport.register(cache))

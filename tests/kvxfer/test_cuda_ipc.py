@@ -24,14 +24,14 @@ def ipc_peer():
     peer.stop()
 
 
-@pytest.fixture(params=[False, True], ids=["memcpy", "strided"])
-def pair(request, ipc_peer):
+@pytest.fixture
+def pair(ipc_peer):
     """(prefill transport on cuda:0, its cache, decode peer with a poisoned cache on cuda:1)."""
     from pdserve.kvxfer.cuda_ipc import CudaIpcTransport
 
     peer, metadata = ipc_peer
     peer.reset()
-    prefill = CudaIpcTransport(f"prefill-{request.param}", strided=request.param, timeout_s=10)
+    prefill = CudaIpcTransport("prefill", timeout_s=10)
     src = kv_cache(seed=5).to("cuda:0")
     prefill.register(src)
     prefill.add_peer(metadata)
