@@ -18,6 +18,7 @@ refuses (the server answers 429 with Retry-After).
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
 import uuid
@@ -36,7 +37,7 @@ from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.cluster.prom import ControllerMetrics
 from pdserve.cluster.pull import PrefixPuller, PullConfig
 from pdserve.cluster.registry import InstanceRecord, Registry
-from pdserve.cluster.worker_link import WorkerLink, _InstanceLost
+from pdserve.cluster.worker_link import WorkerLink, _InstanceLost, make_packer
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError, Overloaded
 from pdserve.types import FinishReason, Request, TokenEvent
@@ -55,6 +56,11 @@ class ControllerConfig:
     control_token: str | None = None  # REGISTER must carry it when set
     pd: PDConfig = PDConfig()
     pull: PullConfig | None = None  # remote prefix pull between fused instances (off: None)
+    # The garbage collector's young-generation threshold from `start` on (None: left as it is).
+    # Each request allocates a few dozen tracked objects, nearly all freed by reference count:
+    # at CPython's 700 a collection ran every ~130 requests, with its older generations ~2 %
+    # of the controller's CPU.
+    gc_threshold: int | None = 10_000
 
 
 class _Events:
@@ -134,11 +140,15 @@ class Controller(WorkerLink):
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._is_drain_due = False  # a _drain is scheduled on the loop
+        self._packer = make_packer()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        threshold = self.config.gc_threshold
+        if threshold is not None and gc.get_threshold()[0] < threshold:
+            gc.set_threshold(threshold, *gc.get_threshold()[1:])
         self._loop.add_reader(self._sock.FD, self._drain)
         self._wake()  # frames that arrived before the reader was added
         self._tasks = [asyncio.create_task(self._monitor())]

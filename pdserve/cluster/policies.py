@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from pdserve.cluster.cost_model import OnlineStepModel, StepCostModel, estimate_ttft_s
+from pdserve.cluster.cost_model import OnlineStepModel, StepCostModel
 from pdserve.types import InstanceSnapshot, Request
 
 
@@ -242,6 +242,10 @@ class Ttft:
         # instance_id -> (step_tokens, step_time_s) of the last step learned from: heartbeats
         # repeat the last step while an instance idles, and a repeat is not a new measurement.
         self._seen: dict[str, tuple[int, float]] = {}
+        # instance_id -> _SnapTerms of the last snapshot routed over: callers that pass the same
+        # (frozen) snapshot object again, as the controller does for an instance whose state
+        # did not change, skip observing it and recomputing its queue terms.
+        self._terms: dict[str, _SnapTerms] = {}
 
     def observe(self, snap: InstanceSnapshot) -> OnlineStepModel:
         instance_id = snap.instance_id
@@ -254,23 +258,41 @@ class Ttft:
         if self._seen.get(instance_id) != step:
             self._seen[instance_id] = step
             model.observe(snap.step_tokens, snap.step_time_s)
+            self._terms.pop(instance_id, None)  # its snapshot is not the one learned from now
         return model
+
+    def _snap_terms(self, snap: InstanceSnapshot) -> _SnapTerms:
+        """Observe `snap` and compute what of its estimate does not depend on the request."""
+        model = self.observe(snap)
+        budget = self.config.max_batched_tokens
+        decode_tokens = snap.num_running
+        prefill_ahead = snap.num_waiting_tokens + max(snap.num_running_tokens - decode_tokens, 0)
+        per_step = max(budget - decode_tokens, budget // 8, 1)
+        terms = (snap, model.step_time, decode_tokens, prefill_ahead, per_step, snap.kv_usage)
+        self._terms[snap.instance_id] = terms
+        return terms
 
     def route(self, req, instances, now, matched={}):  # noqa: B006
         budget = self.config.max_batched_tokens
         kv_veto = self.config.kv_veto
         prompt_len = len(req.prompt_token_ids)
         max_tokens = req.sampling.max_tokens
+        get_terms = self._terms.get
         rows = []  # (vetoed, est, kv_usage, num_running, i, num_matched)
         for i, snap in enumerate(instances):
-            model = self.observe(snap)
+            terms = get_terms(snap.instance_id)
+            if terms is None or terms[0] is not snap:
+                terms = self._snap_terms(snap)
+            _, step_time, decode_tokens, prefill_ahead, per_step, kv_usage = terms
             num_matched = matched.get(snap.instance_id, 0) if matched else 0
             uncached = max(prompt_len - num_matched * snap.block_size, 1)
-            est = estimate_ttft_s(snap, uncached, model.step_time, budget)
-            kv_usage = snap.kv_usage
+            # cost_model.estimate_ttft_s(snap, uncached, step_time, budget), its
+            # request-independent terms computed once per snapshot
+            num_steps = math.ceil((prefill_ahead + uncached) / per_step)
+            est = num_steps * step_time(min(budget, decode_tokens + prefill_ahead + uncached))
             blocks_needed = -(-(uncached + max_tokens) // snap.block_size)
             vetoed = snap.num_free_blocks < blocks_needed or kv_usage > kv_veto
-            rows.append((vetoed, est, kv_usage, snap.num_running, i, num_matched))
+            rows.append((vetoed, est, kv_usage, decode_tokens, i, num_matched))
         best = min(rows)
         key = self.owners.key(req, instances[0].block_size)
         if key is not None:
@@ -293,6 +315,11 @@ class Ttft:
             num_matched,
             reason=f"ttft: est {est * 1000:.1f} ms, {num_matched} blocks cached",
         )
+
+
+# (snapshot, its model's step_time, decode tokens, prefill tokens ahead, prefill tokens per step,
+#  KV usage): the terms of estimate_ttft_s that depend on the snapshot only
+_SnapTerms = tuple[InstanceSnapshot, Callable[[int], float], int, int, int, float]
 
 
 POLICIES: dict[str, Callable[[PolicyConfig], RoutingPolicy]] = {
