@@ -30,13 +30,16 @@ from pdserve.sim.profiles import profile_for
 
 
 def scale_workload(num_requests: int, rate: float, output_len: int, seed: int = 0):
-    """Distinct prompts, cheap to build: request k's tokens are a run starting at a random id."""
+    """Distinct prompts, cheap to build: request k's tokens are a run starting at a random id.
+    Prompts are slices of one tuple of ids, so they share its int objects: 1M prompts of ~128
+    ids would otherwise hold ~128M ints (~4.5 GB), and the run would page that in."""
     rng = random.Random(seed)
     offsets = arrival_offsets(num_requests, rate, seed=seed)
+    ids = tuple(range(30000 + 225))
     out = []
     for k, t in enumerate(offsets):
         start, n = rng.randrange(10, 30000), rng.randrange(32, 225)
-        prompt = tuple(range(start, start + n))
+        prompt = ids[start : start + n]
         out.append(BenchRequest(f"r{k}", prompt, rng.randint(1, 2 * output_len - 1), t))
     return out
 

@@ -10,10 +10,15 @@ from pdserve.types import BlockRemoved, BlockStored, KVCacheEvent
 
 
 class PrefixCache:
+    """`emits_events`: whether stores and evictions are recorded for `drain_events`. A consumer
+    that never reads them (the simulator when no routing policy reads the prefix index) turns it
+    off; what is cached, matched and evicted is the same either way."""
+
     def __init__(self, pool: BlockPool, block_size: int, enabled: bool = True):
         self.pool = pool
         self.block_size = block_size
         self.enabled = enabled
+        self.emits_events = True
         self._blocks_by_hash: dict[int, Block] = {}
         self._events: list[KVCacheEvent] = []
         pool.on_evict = self._evict
@@ -40,12 +45,14 @@ class PrefixCache:
             return
         block.block_hash = block_hash
         self._blocks_by_hash[block_hash] = block
-        self._events.append(BlockStored(block_hash, parent_hash, self.block_size))
+        if self.emits_events:
+            self._events.append(BlockStored(block_hash, parent_hash, self.block_size))
 
     def _evict(self, block: Block) -> None:
         assert block.block_hash is not None
         del self._blocks_by_hash[block.block_hash]
-        self._events.append(BlockRemoved(block.block_hash))
+        if self.emits_events:
+            self._events.append(BlockRemoved(block.block_hash))
 
     def cached_hashes(self) -> list[int]:
         return list(self._blocks_by_hash)

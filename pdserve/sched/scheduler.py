@@ -33,11 +33,14 @@ from pdserve.types import (
 
 # The per-seq status checks of a step read these module constants: in CPython 3.11 an enum
 # member looked up on its class (`RequestStatus.RUNNING`) costs about ten times a global.
-_RUNNING, _PREEMPTED, _FINISHED = (
+_RUNNING, _PREEMPTED, _FINISHED, _WAITING_FOR_KV = (
     RequestStatus.RUNNING,
     RequestStatus.PREEMPTED,
     RequestStatus.FINISHED,
+    RequestStatus.WAITING_FOR_KV,
 )
+_STOP, _LENGTH = FinishReason.STOP, FinishReason.LENGTH
+_SEND = KVRole.SEND
 
 
 @dataclass(slots=True)
@@ -113,7 +116,7 @@ class Scheduler:
         req = self.requests.get(request_id)
         if req is None:
             return self.release_kv(request_id)
-        self._finish(req, reason)
+        self._finish(req, FinishReason(reason))  # a member, also when given its string
         return True
 
     abort = finish
@@ -264,6 +267,7 @@ class Scheduler:
         sampled, logprobs = result.sampled_token_ids, result.logprobs
         prompt_logprobs = result.prompt_logprobs
         block_size, stats = self.block_size, self.stats
+        max_model_len = self.max_model_len
         for seq in plan.seqs:
             req = seq.request
             if seq.samples:
@@ -287,9 +291,33 @@ class Scheduler:
             if req.status is _PREEMPTED:
                 self._num_waiting_tokens += 1
             stats.generation_tokens += 1
-            reason = self._stop_reason(req, token_id)
+            # _stop_reason and _event, inlined (hot): the same tests, the same TokenEvent
+            sampling = req.sampling
+            num_tokens = len(token_ids)
+            num_output = num_tokens - req.prompt_len
+            if num_output >= sampling.min_tokens and (
+                (not sampling.ignore_eos and token_id in req.eos_token_ids)
+                or token_id in sampling.stop_token_ids
+            ):
+                reason = _STOP
+            elif num_output >= sampling.max_tokens or num_tokens >= max_model_len:
+                reason = _LENGTH
+            else:
+                reason = None
             logprob = logprobs.get(req.request_id) if logprobs else None
-            events.append(self._event(req, (token_id,), reason, logprob))
+            events.append(
+                TokenEvent(
+                    req.request_id,
+                    (token_id,),
+                    reason,
+                    (logprob,) if logprob is not None else (),
+                    tuple(req.prompt_logprobs)
+                    if num_output == 1 and sampling.prompt_logprobs is not None
+                    else None,
+                    req.prompt_len,
+                    req.num_cached_tokens if req.num_cached_tokens > 0 else 0,
+                )
+            )
             if reason is not None:
                 self._finish(req, reason)
         return events
@@ -299,19 +327,43 @@ class Scheduler:
     def snapshot(self, instance_id: str = "", now: float = 0.0, **fields) -> InstanceSnapshot:
         """The instance's `InstanceSnapshot`; `fields` sets the ones the scheduler does not know
         (role, incarnation, the last step's time and tokens)."""
+        return self.snapshot_of(self.load(), instance_id, now, **fields)
+
+    def load(self) -> tuple[int, int, int, int, int, int, int]:
+        """The snapshot's fields that change step by step, as a plain tuple: cheap to take every
+        step and to turn into an `InstanceSnapshot` (`snapshot_of`) only when one is read."""
         running = self.running
+        num_running_tokens = 0
+        for r in running:
+            num_running_tokens += len(r.token_ids) - r.num_computed_tokens
+        kv = self.kv
+        return (
+            len(self.waiting),
+            len(running),
+            self._num_waiting_tokens,
+            num_running_tokens,
+            kv.num_free_blocks,
+            len(kv.prefix_cache),
+            self._step_id,
+        )
+
+    def snapshot_of(
+        self, load: tuple[int, int, int, int, int, int, int], instance_id: str, now: float, **fields
+    ) -> InstanceSnapshot:
+        """The `InstanceSnapshot` of a `load()` taken earlier (at time `now`)."""
+        (num_waiting, num_running, num_waiting_tokens, num_running_tokens, num_free, num_cached,
+         num_steps) = load  # fmt: skip
         return InstanceSnapshot(
             instance_id=instance_id,
-            num_waiting=len(self.waiting),
-            num_running=len(running),
-            num_waiting_tokens=self._num_waiting_tokens,
-            num_running_tokens=sum([len(r.token_ids) for r in running])
-            - sum([r.num_computed_tokens for r in running]),
-            num_free_blocks=self.kv.num_free_blocks,
-            num_cached_blocks=len(self.kv.prefix_cache),
+            num_waiting=num_waiting,
+            num_running=num_running,
+            num_waiting_tokens=num_waiting_tokens,
+            num_running_tokens=num_running_tokens,
+            num_free_blocks=num_free,
+            num_cached_blocks=num_cached,
             num_total_blocks=self.kv.num_blocks,
             block_size=self.block_size,
-            num_steps=self._step_id,
+            num_steps=num_steps,
             now_s=now,
             **fields,
         )
@@ -429,17 +481,15 @@ class Scheduler:
         )
 
     def _finish(self, req: SchedRequest, reason: FinishReason) -> None:
-        if req.status is RequestStatus.RUNNING:
+        status = req.status
+        if status is _RUNNING:
             self.running.remove(req)
-        elif req.status is RequestStatus.WAITING_FOR_KV:
+        elif status is _WAITING_FOR_KV:
             del self.receiving[req.request_id]
         else:
             self.waiting.remove(req)
             self._num_waiting_tokens -= req.num_tokens
-        keep_for_sending = req.kv_role is KVRole.SEND and reason in (
-            FinishReason.STOP,
-            FinishReason.LENGTH,
-        )
+        keep_for_sending = req.kv_role is _SEND and (reason is _STOP or reason is _LENGTH)
         if keep_for_sending:
             req.status = RequestStatus.SENDING_KV
             self.sending[req.request_id] = req
@@ -452,4 +502,5 @@ class Scheduler:
         req.finish_reason = reason
         del self.requests[req.request_id]
         self._finished_ids.append(req.request_id)
-        self.stats.finished[reason.value] = self.stats.finished.get(reason.value, 0) + 1
+        finished, value = self.stats.finished, reason._value_  # `.value` is a slow property
+        finished[value] = finished.get(value, 0) + 1

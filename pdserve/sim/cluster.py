@@ -107,6 +107,12 @@ class SimCluster:
         self._sampling: dict[int, SamplingParams] = {}
         self.is_pd = any(i.role == "prefill" for i in self.instances)
         self._live_by_role: dict[str, list[SimInstance]] = {}  # cleared when one dies or returns
+        # The prefix index is fed only for a policy that reads it (nothing else does).
+        self.feeds_index = self.policy.needs_prefix
+        for inst in self.instances:
+            inst.emit_kv_events(self.feeds_index)
+        self.is_lazy = False  # set by `run`: see `_run_lazy`
+        self._num_lazy_fired = 0
 
     # ---- running -------------------------------------------------------------------------
 
@@ -129,8 +135,12 @@ class SimCluster:
         # collected): the cyclic collector's passes over the growing heap are pure overhead.
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        self.is_lazy = self._can_run_lazy(requests)
         try:
-            self.loop.run(self)
+            if self.is_lazy:
+                self._run_lazy(arrivals)
+            else:
+                self.loop.run(self)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -153,6 +163,14 @@ class SimCluster:
         return params
 
     def _submit(self, inst: SimInstance, req: Request, now: float) -> None:
+        if self.is_lazy:
+            self._advance(inst, now)
+            inst.scheduler.add_request(req)
+            inst.add_pending(len(req.prompt_token_ids))
+            if not inst.is_busy and not inst.kick_pending:
+                inst.kick_pending = True
+                inst.next_s = now
+            return
         inst.scheduler.add_request(req)
         inst.view = add_pending(inst.view, len(req.prompt_token_ids))
         if not inst.is_busy and not inst.kick_pending:
@@ -165,11 +183,64 @@ class SimCluster:
             self.plans[inst.instance_id].append((now, inst.plan.summary()))
         if self.trace is not None:
             self.trace.step(inst, inst.plan, now, duration_s)
-        self.loop.push(now + duration_s, StepEnd(inst, inst.incarnation))
+        if self.is_lazy:
+            inst.next_s = now + duration_s
+        else:
+            self.loop.push(now + duration_s, StepEnd(inst, inst.incarnation))
+
+    # ---- lazy runs -----------------------------------------------------------------------
+
+    def _can_run_lazy(self, requests: Sequence[BenchRequest]) -> bool:
+        """Whether instances may be advanced one at a time (`_run_lazy`): they then interact
+        only through the views a routing decision reads. Not when the prefix index is read (it
+        needs every instance's KV events up to the arrival), nor with PD hand-offs, failures,
+        follow-up turns (events that one instance's step sends to others) or a trace (whose
+        event order would change)."""
+        return (
+            not self.feeds_index
+            and not self.is_pd
+            and not self.config.failures
+            and self.trace is None
+            and not self._next_turn
+            and all(r.session_id is None for r in requests)
+        )
+
+    def _run_lazy(self, arrivals: list[tuple[float, Arrival]]) -> None:
+        """The event loop's results, firing each instance's events only when needed.
+
+        An instance's state depends only on its own events (step ends, kicks) and on the
+        requests routed to it; other instances see it only through its view, read when a
+        request is routed. So the arrivals are taken in order and an instance is brought up to
+        an arrival's time (its events strictly earlier: at equal times arrivals fire first)
+        only when the routing policy reads its view (`_LazyViews`) or the request goes to it;
+        the rest is run at the end. An instance keeps its one pending event in `next_s`, and
+        its snapshots as tuples (`SimInstance.capture`), built only when a policy reads them.
+        The heap, most snapshots and most `add_pending` copies are never made."""
+        views = _LazyViews(self, self._live("fused"))
+        for time_s, arrival in arrivals:
+            views.now = time_s
+            self._num_lazy_fired += 1
+            self.on_arrival(arrival.req, time_s, views)
+        for inst in self.instances:
+            self._advance(inst, float("inf"))
+            inst.view = inst.current_view()
+        self.loop.num_fired += self._num_lazy_fired
+
+    def _advance(self, inst: SimInstance, until_s: float) -> None:
+        """Fire the instance's events before `until_s` (each start schedules the next end)."""
+        while inst.next_s < until_s:
+            now = inst.next_s
+            inst.next_s = float("inf")
+            self._num_lazy_fired += 1
+            if inst.is_busy:
+                self.on_step_end(inst, now)
+            else:
+                self.on_step_start(inst, now)
 
     # ---- events --------------------------------------------------------------------------
 
-    def on_arrival(self, bench: BenchRequest, now: float) -> None:
+    def on_arrival(self, bench: BenchRequest, now: float, views: Sequence | None = None) -> None:
+        """Route and queue one request; `views`: the candidates' views (lazy runs)."""
         state = self._reqs[bench.request_id]
         candidates = self._live("prefill" if self.is_pd else "fused")
         if not candidates:
@@ -181,7 +252,9 @@ class SimCluster:
         max_tokens = 1 if self.is_pd else bench.output_len
         req = Request(bench.request_id, bench.prompt_token_ids, self._sampling_for(max_tokens),
                       now, block_hashes=hashes)  # fmt: skip
-        decision = self.policy.route(req, [i.view for i in candidates], now, matched)
+        if views is None:
+            views = [i.view for i in candidates]
+        decision = self.policy.route(req, views, now, matched)
         if not admit(decision, self.config.slo_ttft_s):
             self._fail(state, now, "429: the TTFT SLO cannot be met")
             return
@@ -205,11 +278,14 @@ class SimCluster:
                     self._hand_off(state, inst, now)
                 else:
                     self._finish(state, now)
-        inst.publish(now)
-        kv_events = inst.scheduler.drain_kv_events()
-        if kv_events:  # a step that stored or evicted nothing sends no batch
-            self.index.apply(inst.instance_id, inst.kv_seq_no, kv_events)
-            inst.kv_seq_no += 1
+        if self.is_lazy:
+            inst.capture(now)  # feeds_index is off: no KV events
+        else:
+            inst.publish(now)
+            kv_events = inst.scheduler.drain_kv_events()
+            if kv_events:  # a step that stored or evicted nothing sends no batch
+                self.index.apply(inst.instance_id, inst.kv_seq_no, kv_events)
+                inst.kv_seq_no += 1
         if inst.scheduler.has_unfinished:
             self._start(inst, now)
 
@@ -294,3 +370,26 @@ class SimCluster:
             send_s = max(now, nxt.arrival_s)
             self._reqs[nxt.request_id].timeline.send_s = send_s
             self.loop.push(send_s + self.config.request_overhead_s, Arrival(nxt))
+
+
+class _LazyViews(Sequence):
+    """The candidates' views for one routing decision of a lazy run: reading one brings its
+    instance up to `now` first (`SimCluster._advance`), so the policy sees exactly what the
+    eager loop would show it."""
+
+    def __init__(self, sim: SimCluster, instances: list[SimInstance]):
+        self.sim, self.instances, self.now = sim, instances, 0.0
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self.instances)))]
+        inst = self.instances[i]
+        self.sim._advance(inst, self.now)
+        return inst.current_view()
+
+    def __iter__(self):
+        for k in range(len(self.instances)):
+            yield self[k]

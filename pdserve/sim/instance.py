@@ -9,13 +9,16 @@ tokens are scheduled like a prefix the instance computes, but cost nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 from pdserve.cluster.cost_model import StepCostModel
+from pdserve.cluster.policies import add_pending
 from pdserve.sched.plan import StepPlan, StepResult
 from pdserve.sched.scheduler import Scheduler
 from pdserve.types import InstanceSnapshot
 
 SIM_TOKEN_ID = 11  # every sampled token; never an EOS in the bench vocabulary (ids >= 10)
+_NONE: MappingProxyType = MappingProxyType({})  # no logprobs (read-only: shared by every step)
 
 
 class CostExecutor:
@@ -38,12 +41,12 @@ class CostExecutor:
             for request_id in plan.finished_ids:
                 self.remote_tokens.pop(request_id, None)
         if self.step_time is not None:
-            return StepResult(sampled, duration_s=self.step_time(plan))
+            return StepResult(sampled, _NONE, _NONE, self.step_time(plan))
         p_tok, p_pairs, d_seqs, d_ctx = self._shape(plan)
         c = self.cost  # StepCostModel.step_time, without building a StepShape per step
         duration_s = (c.base_s + c.per_prefill_token_s * p_tok + c.per_prefill_pair_s * p_pairs
                       + c.per_decode_seq_s * d_seqs + c.per_decode_ctx_token_s * d_ctx)  # fmt: skip
-        return StepResult(sampled, duration_s=duration_s)
+        return StepResult(sampled, _NONE, _NONE, duration_s)
 
     def _shape(self, plan: StepPlan) -> tuple[int, int, int, int]:
         """`StepShape` fields: prefill tokens, prefill pairs, decode seqs, decode context."""
@@ -88,6 +91,11 @@ class SimInstance:
         "step_start_s",
         "kick_pending",
         "gpu",
+        "emits_kv_events",
+        "next_s",
+        "published",
+        "pending",
+        "num_view_pending",
     )
 
     def __init__(
@@ -104,6 +112,7 @@ class SimInstance:
         self.role = role
         self.gpu = gpu
         self.make_scheduler = make_scheduler
+        self.emits_kv_events = True
         self.scheduler = make_scheduler()
         self.executor = executor
         self.is_busy = False
@@ -116,6 +125,11 @@ class SimInstance:
         self.busy_s = 0.0
         self.step_start_s = 0.0
         self.kick_pending = False
+        # Lazy runs (SimCluster advances each instance only as far as someone looks at it):
+        self.next_s = float("inf")  # time of its pending event: its step's end, or a kick
+        self.published: tuple | None = None  # (load, time, step time, step tokens) of `capture`
+        self.pending: list[int] = []  # prompt lengths of requests routed here since then
+        self.num_view_pending = 0  # how many of them `view` already counts
         self.view = self.publish(0.0)
 
     def start_step(self, now: float) -> float:
@@ -147,9 +161,45 @@ class SimInstance:
         )
         return self.view
 
+    def capture(self, now: float) -> None:
+        """`publish`, lazily: keep what the snapshot would hold (a tuple) and build it only when
+        `current_view` is asked for it (most steps' snapshots are never read)."""
+        self.published = (self.scheduler.load(), now, self.result.duration_s,
+                          self.plan.num_batched_tokens)  # fmt: skip
+        self.view = None
+        self.pending.clear()
+
+    def add_pending(self, num_tokens: int) -> None:
+        """A request of `num_tokens` prompt tokens was routed here (lazy runs: `current_view`
+        applies `policies.add_pending` when the view is read)."""
+        self.pending.append(num_tokens)
+
+    def current_view(self) -> InstanceSnapshot:
+        """The controller's view as the eager loop keeps it in `view`: the snapshot published
+        at the last step end, plus every request routed here since (`policies.add_pending`)."""
+        view, pending = self.view, self.pending
+        if view is None:
+            load, now, step_time_s, step_tokens = self.published
+            view = self.scheduler.snapshot_of(load, self.instance_id, now, step_time_s=step_time_s,
+                                              step_tokens=step_tokens, role=self.role,
+                                              incarnation=str(self.incarnation))  # fmt: skip
+            self.num_view_pending = 0
+        if self.num_view_pending < len(pending):
+            for num_tokens in pending[self.num_view_pending :]:
+                view = add_pending(view, num_tokens)
+            self.num_view_pending = len(pending)
+        self.view = view
+        return view
+
+    def emit_kv_events(self, enabled: bool) -> None:
+        """Whether the scheduler's prefix cache records KV events (now and after restarts)."""
+        self.emits_kv_events = enabled
+        self.scheduler.kv.prefix_cache.emits_events = enabled
+
     def restart(self) -> None:
         """A fresh process: empty scheduler and cache, a new incarnation."""
         self.scheduler = self.make_scheduler()
+        self.scheduler.kv.prefix_cache.emits_events = self.emits_kv_events
         self.executor.remote_tokens.clear()
         self.is_busy = self.kick_pending = False
         self.plan = self.result = None
