@@ -258,7 +258,9 @@ def gpu_section(iters: int) -> list[dict]:
     nbytes = x.numel() * x.element_size()
     ipc = [Variant("cuda_ipc memcpy/descriptor", "cuda_ipc"),
            Variant("cuda_ipc memcpy layer-by-layer", "cuda_ipc", per_layer=True),
-           Variant("cuda_ipc 2048 x 64 KiB", "cuda_ipc", dst_ids=SCATTERED_DST_IDS)]  # fmt: skip
+           Variant("cuda_ipc 2048 x 64 KiB, batched", "cuda_ipc", dst_ids=SCATTERED_DST_IDS),
+           Variant("cuda_ipc 2048 x 64 KiB, memcpy each", "cuda_ipc",
+                   {"max_memcpy_descriptors": 4096}, dst_ids=SCATTERED_DST_IDS)]  # fmt: skip
     nixl = [Variant("nixl VRAM request", "nixl_vram"),
             Variant("nixl VRAM layer-by-layer", "nixl_vram", per_layer=True)]  # fmt: skip
     fns_ipc, errors = prepare_transfers("cuda_ipc", ipc, conn, metadata, srcs)

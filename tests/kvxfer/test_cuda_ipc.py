@@ -24,14 +24,14 @@ def ipc_peer():
     peer.stop()
 
 
-@pytest.fixture
-def pair(ipc_peer):
+@pytest.fixture(params=[16, 0], ids=["memcpy", "batched"])
+def pair(request, ipc_peer):
     """(prefill transport on cuda:0, its cache, decode peer with a poisoned cache on cuda:1)."""
     from pdserve.kvxfer.cuda_ipc import CudaIpcTransport
 
     peer, metadata = ipc_peer
     peer.reset()
-    prefill = CudaIpcTransport("prefill", timeout_s=10)
+    prefill = CudaIpcTransport("prefill", timeout_s=10, max_memcpy_descriptors=request.param)
     src = kv_cache(seed=5).to("cuda:0")
     prefill.register(src)
     prefill.add_peer(metadata)
@@ -55,6 +55,13 @@ def test_layer_by_layer_streaming_is_ordered_after_the_callers_stream(pair):
         handles.append(prefill.send(TransferSpec("r1", "decode", [4], [0], layer, layer + 1)))
     assert wait_all(prefill, handles) == [TransferStatus.DONE] * NUM_LAYERS
     assert_moved_exactly(src.cpu(), peer.cache(), [4], [0])
+
+
+def test_the_peers_cache_is_mapped_on_this_device(pair):
+    """Opened on the local device (peer access over NVLink), not across devices (staged)."""
+    prefill, src, _ = pair
+    ((_, peer_view),) = prefill._peers.values()
+    assert peer_view.device == src.device
 
 
 def test_pull_reads_the_peers_blocks(pair):
