@@ -37,7 +37,7 @@ from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.cluster.prom import ControllerMetrics
 from pdserve.cluster.pull import PrefixPuller, PullConfig
 from pdserve.cluster.registry import InstanceRecord, Registry
-from pdserve.cluster.worker_link import WorkerLink, _InstanceLost, make_packer
+from pdserve.cluster.worker_link import WorkerLink, _InstanceLost, make_packer, pack_submit
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError, Overloaded
 from pdserve.types import FinishReason, Request, TokenEvent
@@ -261,12 +261,13 @@ class Controller(WorkerLink):
         start_s = time.perf_counter()
         now = time.monotonic()
         hashes: list[int] = []
+        packed_blocks = b""
         matched: dict[str, int] = {}
         if self.policy.needs_prefix:
             block_size = records[0].info.block_size
             if self._hasher is None or self._hasher.block_size != block_size:
                 self._hasher = BlockHasher(block_size)
-            hashes = self._hasher(req.prompt_token_ids)
+            hashes, packed_blocks = self._hasher.hash_and_pack(req.prompt_token_ids)
             matched = self.pending.matched(self.index, hashes)
         decision = self.policy.route(req, [r.snapshot() for r in records], now, matched)
         record = self.registry.get(decision.instance_id)
@@ -284,12 +285,20 @@ class Controller(WorkerLink):
             )
         if self.puller is not None and (flight := self.puller.maybe_submit(record, req, hashes)):
             return flight  # submitted once the pull of a longer cached prefix ends
-        return self._submit(record, req, hashes, num_matched)
+        return self._submit(record, req, hashes, num_matched, packed_blocks=packed_blocks)
 
     def _submit(
-        self, record, req: Request, hashes: list[int], num_matched: int, send: bool = True
+        self,
+        record,
+        req: Request,
+        hashes: list[int],
+        num_matched: int,
+        send: bool = True,
+        packed_blocks: bytes | None = None,
     ) -> _Flight:
-        """Send `req` to `record` and track it as a flight (its events arrive on the queue)."""
+        """Send `req` to `record` and track it as a flight (its events arrive on the queue).
+        `packed_blocks`: the prompt's full blocks packed by `self._hasher` (from
+        `hash_and_pack`, with `hashes`), spliced into the SUBMIT instead of packed again."""
         flight = _Flight(_Events(), record.instance_id, time.monotonic(), hashes)
         self._flights[req.request_id] = flight
         record.request_ids[req.request_id] = None
@@ -300,7 +309,11 @@ class Controller(WorkerLink):
             # Hashed at the instance's block size, the prompt need not be hashed again there.
             hasher = self._hasher
             fits = hashes and hasher is not None and hasher.block_size == record.info.block_size
-            self._send(record, P.SUBMIT, P.encode_request(req, hashes if fits else None))
+            if fits and packed_blocks is not None:
+                frame = pack_submit(self._packer, req, hashes, packed_blocks, hasher.block_size)
+                self._send_frame(record, frame)
+            else:
+                self._send(record, P.SUBMIT, P.encode_request(req, hashes if fits else None))
         return flight
 
     def _release(self, rid: str) -> None:

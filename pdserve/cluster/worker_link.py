@@ -25,7 +25,7 @@ from pdserve.cluster import kv_sync
 from pdserve.cluster.registry import InstanceRecord
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError, RequestRejected
-from pdserve.types import TokenEvent
+from pdserve.types import Request, TokenEvent
 
 if TYPE_CHECKING:
     from pdserve.cluster.controller import _Flight
@@ -39,6 +39,40 @@ _SNDMORE_NOBLOCK = zmq.SNDMORE | zmq.NOBLOCK
 def make_packer() -> msgpack.Packer:
     """A Packer giving `engine.protocol.pack`'s bytes; one per controller (not thread-safe)."""
     return msgpack.Packer(use_bin_type=True)
+
+
+_PLACEHOLDER = 0x90  # msgpack's empty array
+
+
+def pack_submit(
+    packer: msgpack.Packer,
+    req: Request,
+    block_hashes: list[int],
+    packed_blocks: bytes,
+    block_size: int,
+) -> bytes:
+    """The bytes of `P.pack(P.SUBMIT, P.encode_request(req, block_hashes))`, with the prompt's
+    full blocks taken from `packed_blocks` (`BlockHasher.hash_and_pack` at `block_size`)
+    instead of packed int by int:
+
+        [SUBMIT, [[request_id, <prompt>, sampling, ...]]]
+                               └ array header + packed_blocks + the tail's ints
+    """
+    body = P.encode_request(req, block_hashes)
+    tokens = req.prompt_token_ids
+    if body[1] is not tokens:  # not the layout spliced into here
+        return packer.pack([P.SUBMIT, [body]])
+    body[1] = ()  # one byte, right after the request id
+    frame = packer.pack([P.SUBMIT, [body]])
+    header, item = packer.pack_array_header, packer.pack
+    at = len(header(2)) + len(item(P.SUBMIT)) + len(header(1)) + len(header(len(body)))
+    at += len(item(body[0]))
+    tail = tokens[len(tokens) - len(tokens) % block_size :]
+    if frame[at] != _PLACEHOLDER:
+        body[1] = tokens
+        return packer.pack([P.SUBMIT, [body]])
+    packed_tail = item(tail)[len(header(len(tail))) :]
+    return b"".join((frame[:at], header(len(tokens)), packed_blocks, packed_tail, frame[at + 1 :]))
 
 
 class _InstanceLost(Exception):
@@ -211,8 +245,10 @@ class WorkerLink:
 
     def _send(self, record: InstanceRecord, msg_type: str, *body) -> None:
         # P.pack's frame, from one reused Packer: msgpack.packb makes a Packer (and mallocs its
-        # 1 MiB buffer) per call, about half the cost of packing a SUBMIT.
-        frame = self._packer.pack([msg_type, list(body)])
+        # 1 MiB buffer) per call.
+        self._send_frame(record, self._packer.pack([msg_type, list(body)]))
+
+    def _send_frame(self, record: InstanceRecord, frame: bytes) -> None:
         sock = self._sock
         try:
             sock.send(record.peer, _SNDMORE_NOBLOCK)

@@ -14,9 +14,12 @@ import zmq
 
 from pdserve.cluster.block_hasher import BlockHasher
 from pdserve.cluster.controller import Controller, ControllerConfig
+from pdserve.cluster.cost_model import estimate_ttft_s
 from pdserve.cluster.pending import PendingPrefixes
+from pdserve.cluster.policies import PolicyConfig, Ttft
 from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.cluster.registry import InstanceRecord, Registry
+from pdserve.cluster.worker_link import make_packer, pack_submit
 from pdserve.engine import protocol as P
 from pdserve.engine.client import EngineDeadError
 from pdserve.hashing import hash_blocks
@@ -204,3 +207,43 @@ def test_a_submit_carries_block_hashes_and_one_without_them_still_decodes():
     assert P.decode_request(encoded).block_hashes == (11, 12)
     assert P.decode_request(P.encode_request(req)).block_hashes == ()
     assert P.decode_request(encoded[:7]) == req  # a sender from before the field
+
+
+def test_a_submit_with_packed_blocks_is_byte_for_byte_the_protocols_frame():
+    rng = random.Random(3)
+    hasher, packer = BlockHasher(4, max_entries=64), make_packer()
+    heads = [[rng.choice((0, 7, 127, 128, 255, 256, 65535, 65536, 2**31)) for _ in range(40)]
+             for _ in range(3)]  # fmt: skip
+    for i in range(300):
+        tokens = random_prompt(rng, heads)
+        rid = "r" * rng.randrange(1, 40) + str(i)  # fixstr and str8 request ids
+        req = request(rid, tokens, max_tokens=rng.randrange(1, 70000), seed=rng.randrange(99))
+        hashes, packed = hasher.hash_and_pack(req.prompt_token_ids)
+        assert hashes == hash_blocks(tokens, 4)
+        frame = pack_submit(packer, req, hashes, packed, 4)
+        assert frame == P.pack(P.SUBMIT, P.encode_request(req, hashes))
+
+
+def test_ttft_estimates_equal_the_cost_models_over_new_and_reused_snapshots():
+    rng = random.Random(4)
+    policy, reference = Ttft(PolicyConfig(max_batched_tokens=512)), Ttft(PolicyConfig(512))
+    snaps = {}
+    for step in range(400):
+        for i in range(3):
+            if i not in snaps or rng.random() < 0.5:
+                snaps[i] = InstanceSnapshot(
+                    f"i{i}", num_waiting=rng.randrange(3), num_running=rng.randrange(600),
+                    num_waiting_tokens=rng.randrange(3000), num_running_tokens=rng.randrange(900),
+                    num_free_blocks=500, num_total_blocks=1000, block_size=16,
+                    step_time_s=0.01 + rng.random() / 100, step_tokens=rng.randrange(1, 512),
+                    num_steps=step,
+                )  # fmt: skip
+        instances = [snaps[i] for i in range(3)]
+        req = request(f"r{step}", range(rng.randrange(1, 700)))
+        decision = policy.route(req, instances, 0.0)
+        chosen = next(s for s in instances if s.instance_id == decision.instance_id)
+        model = reference.observe(chosen)
+        for snap in instances:
+            reference.observe(snap)
+        uncached = max(len(req.prompt_token_ids), 1)
+        assert decision.est_ttft_s == estimate_ttft_s(chosen, uncached, model.step_time, 512)
