@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pdserve.hashing import NONE_HASH
 from pdserve.sched.block_pool import Block, BlockPool
 from pdserve.sched.prefix_cache import PrefixCache
 from pdserve.sched.request import SchedRequest
@@ -81,16 +80,17 @@ class KVManager:
 
     def publish_full_blocks(self, req: SchedRequest, num_computed_tokens: int) -> None:
         """Put the request's full blocks whose KV is (being) computed into the prefix cache."""
-        end = min(num_computed_tokens // self.block_size, len(req.block_hashes))
+        end = num_computed_tokens // self.block_size
+        num_hashes = len(req.block_hashes)
+        if num_hashes < end:
+            end = num_hashes
         start = self._num_published.get(req.request_id, 0)
         if end <= start:
             return  # most steps: no block filled up
         blocks = self._blocks.get(req.request_id)
         if not blocks:
             return
-        hashes, insert = req.block_hashes, self.prefix_cache.insert
-        for i in range(start, end):
-            insert(blocks[i], hashes[i], hashes[i - 1] if i > 0 else NONE_HASH)
+        self.prefix_cache.insert_run(blocks, req.block_hashes, start, end)
         self._num_published[req.request_id] = end
 
     def free(self, req: SchedRequest) -> None:

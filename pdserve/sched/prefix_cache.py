@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pdserve.hashing import NONE_HASH
 from pdserve.sched.block_pool import Block, BlockPool
 from pdserve.types import BlockRemoved, BlockStored, KVCacheEvent
 
@@ -47,6 +48,25 @@ class PrefixCache:
         self._blocks_by_hash[block_hash] = block
         if self.emits_events:
             self._events.append(BlockStored(block_hash, parent_hash, self.block_size))
+
+    def insert_run(
+        self, blocks: Sequence[Block], block_hashes: Sequence[int], start: int, end: int
+    ) -> None:
+        """`insert` of blocks[i] under block_hashes[i] for i in [start, end), in that order (the
+        parent of block i is block i - 1)."""
+        if not self.enabled:
+            return
+        by_hash = self._blocks_by_hash
+        events = self._events if self.emits_events else None
+        for i in range(start, end):
+            block, block_hash = blocks[i], block_hashes[i]
+            if block.block_hash is not None or block_hash in by_hash:
+                continue
+            block.block_hash = block_hash
+            by_hash[block_hash] = block
+            if events is not None:
+                parent_hash = block_hashes[i - 1] if i > 0 else NONE_HASH
+                events.append(BlockStored(block_hash, parent_hash, self.block_size))
 
     def _evict(self, block: Block) -> None:
         assert block.block_hash is not None

@@ -40,7 +40,7 @@ _RUNNING, _PREEMPTED, _FINISHED, _WAITING_FOR_KV = (
     RequestStatus.WAITING_FOR_KV,
 )
 _STOP, _LENGTH = FinishReason.STOP, FinishReason.LENGTH
-_SEND = KVRole.SEND
+_SEND, _RECEIVE = KVRole.SEND, KVRole.RECEIVE
 
 
 @dataclass(slots=True)
@@ -214,7 +214,7 @@ class Scheduler:
             hit_blocks = self.kv.match_prefix(req)
             num_hit = len(hit_blocks) * self.block_size
             num_uncached = req.num_tokens - num_hit
-            if req.kv_role is KVRole.RECEIVE:
+            if req.kv_role is _RECEIVE:
                 if not allocate_slots(req, num_uncached, hit_blocks):
                     break
                 self._pop_waiting()
@@ -398,7 +398,7 @@ class Scheduler:
             self.stats.prompt_tokens += req.prompt_len
         self.stats.prefix_queries += req.num_tokens
         self.stats.prefix_hits += num_hit
-        req.status = RequestStatus.RUNNING
+        req.status = _RUNNING
         self.running.append(req)
 
     def _push_waiting(self, req: SchedRequest, front: bool = False) -> None:
@@ -433,7 +433,7 @@ class Scheduler:
     def _preempt(self, req: SchedRequest) -> None:
         self.running.remove(req)
         self.kv.free(req)
-        req.status = RequestStatus.PREEMPTED
+        req.status = _PREEMPTED
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         if len(req.prompt_logprobs) < req.prompt_len:
@@ -498,7 +498,7 @@ class Scheduler:
                 self._deferred_frees.append(req)
             else:
                 self.kv.free(req)
-            req.status = RequestStatus.FINISHED
+            req.status = _FINISHED
         req.finish_reason = reason
         del self.requests[req.request_id]
         self._finished_ids.append(req.request_id)
