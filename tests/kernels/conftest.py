@@ -19,6 +19,12 @@ if not torch.cuda.is_available():
 def poison_empty(monkeypatch):
     """Every float tensor from torch.empty starts as NaN: an element a kernel forgets to write
     (or a partial result it forgets to store) shows up as NaN in the output."""
+    # torch caches its factory functions the first time a `with torch.device(...)` block runs;
+    # fill that cache with the real torch.empty first, or it would hold this patch and, once the
+    # patch is undone, every later `with torch.device("meta")` would allocate on the CPU.
+    from torch.utils._device import _device_constructors
+
+    _device_constructors()
     real_empty = torch.empty
 
     def empty(*args, **kwargs):
