@@ -75,12 +75,13 @@ class BlockPool:
     def free(self, blocks: Iterable[Block]) -> None:
         """Drop a reference from each block; blocks reaching 0 join the queue tail in the given
         order, so pass a request's blocks tail-first to have its tail evicted first."""
+        queue = self._free_queue
         for block in blocks:
             if block.ref_cnt <= 0:
                 raise RuntimeError(f"block {block.block_id} freed with ref count {block.ref_cnt}")
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                self._free_queue[block.block_id] = None
+                queue[block.block_id] = None
 
     def num_cached_blocks(self) -> int:
         return sum(1 for b in self.blocks if b.block_hash is not None)

@@ -164,7 +164,8 @@ class SimCluster:
 
     def _submit(self, inst: SimInstance, req: Request, now: float) -> None:
         if self.is_lazy:
-            self._advance(inst, now)
+            if inst.next_s < now:
+                self._advance(inst, now)
             inst.scheduler.add_request(req)
             inst.add_pending(len(req.prompt_token_ids))
             if not inst.is_busy and not inst.kick_pending:
@@ -387,8 +388,12 @@ class _LazyViews(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self.instances)))]
         inst = self.instances[i]
-        self.sim._advance(inst, self.now)
-        return inst.current_view()
+        if inst.next_s < self.now:
+            self.sim._advance(inst, self.now)
+        view = inst.view
+        if view is None or inst.num_view_pending != len(inst.pending):
+            view = inst.current_view()
+        return view
 
     def __iter__(self):
         for k in range(len(self.instances)):
