@@ -338,6 +338,7 @@ def run_gemv(result: dict, num_sms: int, sweep: bool, smoke: bool) -> None:
         if name == "down":
             table += bench_gemv_shape(name, n, k, rows, copy_gbps, num_sms, sweep, silu=True)
     result["gemv"] = table
+    result["gemv_per_step"] = gemv_per_step(table, copy_gbps)
 
 
 def print_gemv(result: dict) -> None:
@@ -357,6 +358,33 @@ def print_gemv(result: dict) -> None:
         print(" | ".join([*cols, cfg]))
     worst = max(r["best_rel_err"] for r in result["gemv"])
     print(f"largest rel err of the GEMV against float32: {worst:.2e}")
+    for m, est in result.get("gemv_per_step", {}).items():
+        print(
+            f"per decode step of the 8B at M={m}: linear layers (x32, + lm_head) cuBLAS "
+            f"{est['cublas_ms']:.3f} ms, triton default {est['triton_ms']:.3f} ms, best "
+            f"{est['best_ms']:.3f} ms; floor {est['floor_ms']:.3f} ms at copy bandwidth"
+        )
+
+
+# Per decode step: each layer's qkv, o, gate_up and (silu +) down, and the lm head once.
+STEP_LAYERS = {"qkv": 32, "o": 32, "gate_up": 32, "down+silu": 32, "lm_head": 1}
+
+
+def gemv_per_step(rows: list[dict], copy_gbps: float) -> dict:
+    """Linear-layer time of one 8B decode step, from the per-layer rows (full shapes only)."""
+    out = {}
+    for m in sorted({r["rows"] for r in rows}):
+        sel = {r["layer"]: r for r in rows if r["rows"] == m}
+        if not set(STEP_LAYERS) <= set(sel):
+            continue
+        total = {"cublas_ms": 0.0, "triton_ms": 0.0, "best_ms": 0.0, "floor_ms": 0.0}
+        for layer, count in STEP_LAYERS.items():
+            r = sel[layer]
+            for kind in ("cublas", "triton", "best"):
+                total[f"{kind}_ms"] += count * r[f"{kind}_us"] / 1e3
+            total["floor_ms"] += count * r["weight_bytes"] / copy_gbps / 1e6
+        out[m] = total
+    return out
 
 
 # ---- step: one batch-1 decode step of the 8B model -------------------------------------------
@@ -493,7 +521,13 @@ def run_step(result: dict, num_sms: int, smoke: bool, profile: bool) -> None:
                 if ON_GPU:
                     torch.cuda.synchronize()
                 eager_ms = (time.perf_counter() - start) * 1e3 / n_eager
-                graph_ms = time_ms(step, rep=300) if ON_GPU else None
+                graph_ms, graph_error = None, None
+                if ON_GPU:
+                    try:
+                        graph_ms = time_ms(step, rep=300)
+                    except Exception as e:  # keep the eager numbers of this variant
+                        graph_error = repr(e)
+                        print("graph capture failed:", graph_error, flush=True)
                 prof = None
                 if ON_GPU and profile:
                     try:
@@ -507,6 +541,7 @@ def run_step(result: dict, num_sms: int, smoke: bool, profile: bool) -> None:
             row = {
                 "variant": name, "num_splits": splits, "fused": fused, "gemv": use_gemv,
                 "lm_head_gemv": lm_gemv, "eager_ms": eager_ms, "graph_ms": graph_ms,
+                "graph_error": graph_error,
                 "graph_weight_gbps": weight_bytes / graph_ms / 1e6 if graph_ms else None,
                 "logits_rel_err_vs_pre_fusion": rel_err(logits, base_logits),
                 "same_argmax_as_pre_fusion": bool(logits.argmax() == base_logits.argmax()),
