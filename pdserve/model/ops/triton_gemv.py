@@ -21,6 +21,8 @@ dtype, as ops.silu_mul would) while loading: the MLP's activation costs no launc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -85,6 +87,7 @@ def _gemv_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@functools.lru_cache(maxsize=256)  # called per linear layer per step; treat the dict as frozen
 def default_config(num_rows: int, n: int, k: int, num_sms: int) -> dict[str, int]:
     """Tile shape for y [num_rows, n] = x @ w[n, k].T (a guess; benchmarks/bench_kernels.py
     sweeps the alternatives on the 8B shapes and prints the best per shape).
