@@ -1,16 +1,25 @@
-"""Prompt block hashes for routing, memoized per (parent hash, block tokens).
+"""Prompt block hashes for routing, memoized per (parent hash, block tokens), with the run of
+blocks that recent prompts starting alike shared kept whole.
 
 Requests sharing a prefix (system prompts, multi-turn chats) hash the same blocks again and
-again; a dict lookup of a block's token tuple costs a fraction of a blake2b over it. The
-results are exactly `hashing.hash_blocks` (the chain is the same); the memo is bounded and
-dropped whole when full (cheap, and hot prefixes refill it at once). Its keys and values hold
-only ints and bytes, so the garbage collector soon stops tracking them (a trie of nested dicts
-was no faster and tripled the objects a full collection walks).
+again; a dict lookup of a block's token tuple costs a fraction of a blake2b over it, and one
+comparison of a whole shared run a fraction of its blocks' lookups:
 
-The same entry keeps, once asked for (`hash_and_pack`), the msgpack encoding of the block's
-token ids: a SUBMIT then carries the prompt's shared blocks as bytes already packed instead of
-packing every token again (msgpack packs a Python int in ~25 ns; a 512-token prefix is
-~13 us per request).
+    prompt      |b0|b1| ... |b31|q0|q1|tail        chain of b0: the blocks the last two prompts
+    chain[b0]   |b0|b1| ... |b31|                  starting with b0's tokens had in common
+                 └ one tuple compare: equal -> its hashes at once; q0, q1 through the memo
+
+The chain of a first block is re-cut after every prompt starting with it to what that prompt
+and the one before shared (found by bisection over the two hash lists: a chained hash equal at
+block i means blocks 0..i equal), so an odd prompt shortens it for one prompt only. A chain is
+used only when the prompt's tokens equal it, so the results are exactly
+`hashing.hash_blocks` (the chain is the same). Memos and chains are bounded and dropped whole
+when full (cheap, and hot prefixes refill them at once); they hold ints, bytes and tuples of
+them, which the garbage collector soon stops tracking.
+
+The memo entry also keeps, once asked for (`hash_and_pack`), the msgpack encoding of the
+block's token ids: a SUBMIT then carries the prompt's full blocks as bytes already packed
+instead of packing every token again (msgpack packs a Python int in ~25 ns).
 """
 
 from __future__ import annotations
@@ -28,35 +37,68 @@ class BlockHasher:
         self.max_entries = max_entries
         # (parent hash, block tokens) -> (block hash, msgpack of the tokens or None: not asked)
         self._memo: dict[tuple[int, tuple[int, ...]], tuple[int, bytes | None]] = {}
+        # first block's tokens -> (the chain's tokens, their block hashes, their msgpack per
+        # block or None, the hashes of the last prompt starting with that block)
+        self._chains: dict[tuple[int, ...], tuple] = {}
         self._packer = msgpack.Packer(use_bin_type=True)  # one thread: the owner's
         self._header_len = len(self._packer.pack_array_header(block_size))
 
     def __call__(self, token_ids: Sequence[int]) -> list[int]:
         """Hashes of the full blocks of `token_ids`, as `hashing.hash_blocks(token_ids, bs)`."""
-        memo = self._memo
-        if len(memo) > self.max_entries:
-            memo.clear()
-        get, hashes, parent = memo.get, [], NONE_HASH
-        # zip over one iterator `block_size` times: the full blocks as tuples, tail dropped
-        for block in zip(*[iter(token_ids)] * self.block_size):
-            key = (parent, block)
-            entry = get(key)
-            if entry is None:
-                entry = memo[key] = (hash_block(parent, block), None)
-            parent = entry[0]
-            hashes.append(parent)
-        return hashes
+        return self._hash(token_ids, False)[0]
 
     def hash_and_pack(self, token_ids: Sequence[int]) -> tuple[list[int], bytes]:
         """(`self(token_ids)`, the msgpack encoding of the full blocks' token ids, one after
         another without an array header). A prompt's msgpack array is its header, these bytes,
         then the tail's ints."""
+        hashes, packed = self._hash(token_ids, True)
+        return hashes, b"".join(packed)
+
+    def _hash(self, token_ids: Sequence[int], with_packed: bool) -> tuple[list[int], list]:
+        tokens = token_ids if type(token_ids) is tuple else tuple(token_ids)
+        block_size = self.block_size
+        end = len(tokens) - len(tokens) % block_size  # past the last full block
+        if not end:
+            return [], []
+        if len(self._memo) > self.max_entries:
+            self._memo.clear()
+        chains = self._chains
+        if len(chains) > self.max_entries // 16:
+            chains.clear()
+        first = tokens[:block_size]
+        chain = chains.get(first)
+        hashes: list[int] = []
+        packed: list[bytes] = []
+        if chain is not None and (chain[2] is not None or not with_packed):
+            chain_tokens = chain[0]
+            if len(chain_tokens) <= end and tokens[: len(chain_tokens)] == chain_tokens:
+                hashes = list(chain[1])
+                if with_packed:
+                    packed = list(chain[2])
+        start = len(hashes) * block_size
+        if start < end:
+            parent = hashes[-1] if hashes else NONE_HASH
+            self._blocks(tokens[start:end], parent, hashes, packed if with_packed else None)
+        self._recut(first, chain, tokens, hashes, packed if with_packed else None)
+        return hashes, packed
+
+    def _blocks(self, tokens: tuple, parent: int, hashes: list, packed: list | None) -> None:
+        """Append the hashes (and msgpack, if `packed` is a list) of `tokens` (whole blocks)
+        chained on `parent`, block by block through the memo."""
         memo = self._memo
-        if len(memo) > self.max_entries:
-            memo.clear()
+        get = memo.get
+        if packed is None:
+            # zip over one iterator `block_size` times: the blocks as tuples
+            for block in zip(*[iter(tokens)] * self.block_size):
+                key = (parent, block)
+                entry = get(key)
+                if entry is None:
+                    entry = memo[key] = (hash_block(parent, block), None)
+                parent = entry[0]
+                hashes.append(parent)
+            return
         pack, skip = self._packer.pack, self._header_len
-        get, hashes, packed, parent = memo.get, [], [], NONE_HASH
-        for block in zip(*[iter(token_ids)] * self.block_size):
+        for block in zip(*[iter(tokens)] * self.block_size):
             key = (parent, block)
             entry = get(key)
             if entry is None or entry[1] is None:
@@ -65,4 +107,24 @@ class BlockHasher:
             parent = entry[0]
             hashes.append(parent)
             packed.append(entry[1])
-        return hashes, b"".join(packed)
+
+    def _recut(self, first: tuple, chain, tokens: tuple, hashes: list, packed) -> None:
+        """The chain of `first` := the blocks this prompt and the last one starting with
+        `first` share (a prompt alone: all of its full blocks)."""
+        last = chain[3] if chain is not None else hashes
+        lo, hi = 0, min(len(hashes), len(last))  # blocks [0, lo) equal; [hi, ...) not known
+        if hi and hashes[hi - 1] == last[hi - 1]:
+            lo = hi
+        else:
+            while hi - lo > 1:  # block lo-1 equal (or lo == 0), block hi-1 not
+                mid = (lo + hi) // 2
+                if hashes[mid - 1] == last[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid
+        own = tuple(hashes)
+        if chain is not None and len(chain[1]) == lo and (chain[2] is not None or packed is None):
+            self._chains[first] = (chain[0], chain[1], chain[2], own)
+            return
+        cut = tuple(packed[:lo]) if packed is not None else None
+        self._chains[first] = (tokens[: lo * self.block_size], own[:lo], cut, own)

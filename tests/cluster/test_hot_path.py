@@ -247,3 +247,20 @@ def test_ttft_estimates_equal_the_cost_models_over_new_and_reused_snapshots():
             reference.observe(snap)
         uncached = max(len(req.prompt_token_ids), 1)
         assert decision.est_ttft_s == estimate_ttft_s(chosen, uncached, model.step_time, 512)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_block_hasher_shared_runs_give_exactly_the_hashes_and_bytes_of_each_block(block_size):
+    rng = random.Random(block_size)
+    hasher, packer = BlockHasher(block_size, max_entries=rng.choice([8, 1 << 16])), make_packer()
+    heads = [[rng.randrange(4) for _ in range(60)] for _ in range(4)]
+    for _ in range(1500):
+        tokens = rng.choice(heads)[: rng.randrange(0, 61)] + [rng.randrange(4) for _ in range(9)]
+        prompt = tokens if rng.random() < 0.5 else tuple(tokens)
+        full = len(tokens) // block_size * block_size
+        if rng.random() < 0.5:
+            assert hasher(prompt) == hash_blocks(tokens, block_size)
+        else:
+            hashes, packed = hasher.hash_and_pack(prompt)
+            assert hashes == hash_blocks(tokens, block_size)
+            assert packed == packer.pack(tokens[:full])[len(packer.pack_array_header(full)) :]
