@@ -119,10 +119,18 @@ class PDRouter:
         self.configure(config)
         self.last_choice: PDChoice | None = None
         self._aborted: dict[str, None] = {}  # rids that `abort` ended, until their stream ends
+        self._is_active = (-1, False)  # (registry.version, is_active then)
 
     @property
     def is_active(self) -> bool:
-        return any(r.info.role == "decode" for r in self.ctrl.registry.live())
+        """A decode instance is live; looked up again only when the fleet changed (asked on
+        every request, and roles never change)."""
+        registry = self.ctrl.registry
+        version, is_active = self._is_active
+        if version != registry.version:
+            is_active = any(r.info.role == "decode" for r in registry.live())
+            self._is_active = (registry.version, is_active)
+        return is_active
 
     def on_message(self, msg_type: str, body: tuple) -> None:
         if msg_type == P.KV_RESERVED:
