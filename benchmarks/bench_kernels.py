@@ -18,10 +18,12 @@ bytes and % of the copy bandwidth. Each timed call cycles through enough copies 
 step. One whole batch-1 decode step of the 8B model (32 layers, random bf16 weights, context
 576 = a 512-token prompt + 64 generated, paged cache of block 16 sized for max_model_len 2304
 as bench_gpu.py runs it), eager (host wall time per step) and replayed from a CUDA graph (GPU
-time per step), for op variants: the pre-fusion ops (separate rotary + store_kv launches, the
-separate split-K reduce launch, silu_mul + cuBLAS), the fused ops, the GEMV, both, and the lm
-head on the GEMV too. Logits are checked against the pre-fusion variant; torch.profiler lists
-each variant's kernels per step.
+time per step), for op variants: the pre-fusion ops (cuBLAS qkv, rotary as two launches +
+store_kv, the separate split-K reduce launch, silu_mul + cuBLAS down), the fused ops (one rope +
+store launch, the combine inside attention), the GEMV (silu folded into down), both (then rope
+and the KV store are the qkv GEMV's epilogue: 7 launches a layer instead of 12), and the lm head
+on the GEMV too. Logits are checked against the pre-fusion variant; torch.profiler lists each
+variant's kernels per step.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from pdserve.model.ops import (  # noqa: E402
     triton_gemv,
     triton_ops,
 )
+from pdserve.model.ops.torch_ref import split_qkv  # noqa: E402
 from pdserve.model.ops.triton_attention import attention, default_num_splits  # noqa: E402
 from pdserve.model.ops.triton_gemv import gemv  # noqa: E402
 from tests.kernels.helpers import make_problem, rel_err  # noqa: E402
@@ -410,6 +413,15 @@ class VariantOps:
         q, k = triton_ops.rotary(q, k, positions, cos_sin)
         triton_ops.store_kv(k, v, kv_cache, slot_mapping)
         return q
+
+    def qkv_rotary_store_kv(self, hidden, w, b, positions, cos_sin, kv_cache, slot_mapping, heads):
+        if self.fused:  # on the GEMV path: one launch; else cuBLAS + fused rope/store
+            return triton_ops.qkv_rotary_store_kv(
+                hidden, w, b, positions, cos_sin, kv_cache, slot_mapping, heads
+            )
+        num_kv_heads, head_dim = kv_cache.shape[-2:]
+        q, k, v = split_qkv(triton_ops.linear(hidden, w, b), heads, num_kv_heads, head_dim)
+        return self.rotary_store_kv(q, k, v, positions, cos_sin, kv_cache, slot_mapping)
 
 
 # name: (fused rope+store and split combine, GEMV for M <= 8, lm head on the GEMV, splits or

@@ -62,15 +62,20 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        qkv = self.ops.linear(hidden, self.qkv_proj.weight, self.qkv_proj.bias)  # [T, (H+2KV)*D]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
-        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KV, D]
-        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:  # Qwen3: per-head RMSNorm before rope
-            q = self._head_norm(q, self.q_norm)
-            k = self._head_norm(k, self.k_norm)
-        q = self.ops.rotary_store_kv(q, k, v, positions, cos_sin, kv_cache, meta.slot_mapping)
+        w, b = self.qkv_proj.weight, self.qkv_proj.bias
+        if self.qk_norm:  # Qwen3: per-head RMSNorm between the projection and rope
+            qkv = self.ops.linear(hidden, w, b)  # [T, (H + 2 * KV) * D]
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = self._head_norm(q.reshape(num_tokens, self.num_heads, self.head_dim), self.q_norm)
+            k = self._head_norm(
+                k.reshape(num_tokens, self.num_kv_heads, self.head_dim), self.k_norm
+            )
+            v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+            q = self.ops.rotary_store_kv(q, k, v, positions, cos_sin, kv_cache, meta.slot_mapping)
+        else:  # projection, rope and KV store: one op (one launch on the GEMV path)
+            q = self.ops.qkv_rotary_store_kv(
+                hidden, w, b, positions, cos_sin, kv_cache, meta.slot_mapping, self.num_heads
+            )  # [T, H, D]
         out = self.ops.paged_attention(q, kv_cache, meta, self.scale)  # [T, H, D]
         return self.ops.linear(out.reshape(num_tokens, self.q_size), self.o_proj.weight)
 

@@ -78,6 +78,30 @@ def gemv(workdir: str) -> list[str]:
     return failures
 
 
+def gemv_rotary_store_kv(workdir: str) -> list[str]:
+    """The 8B qkv projection with rope + KV store as its epilogue (1 row, 4 rows): no spills."""
+    types = {n: "*bf16" for n in ("x_ptr", "w_ptr", "b_ptr", "q_out_ptr", "kv_ptr")}
+    types.update(slot_ptr="*i64", pos_ptr="*i64", cos_sin_ptr="*fp32")
+    aligned = [*types, "stride_xm", "stride_wn", "stride_qot", "stride_qoh"]
+    failures = []
+    for rows in (1, 4):
+        cfg = triton_gemv.default_config(rows, 6144, 4096, num_sms=132)
+        use_dot = bool(cfg["use_dot"])
+        consts = {
+            "K": 4096, "HEAD_DIM": 128, "HALF": 64,
+            "BLOCK_J": min(max(cfg["block_n"] // 2, 16 if use_dot else 1), 64),
+            "BLOCK_SIZE": 16, "HAS_BIAS": False, "USE_DOT": use_dot,
+            "BLOCK_M": 16 if use_dot else 1, "BLOCK_K": cfg["block_k"], "EVEN_K": True,
+            "NUM_STAGES": cfg["num_stages"], "DOT_FP32": False, "PRECISION": "tf32",
+        }  # fmt: skip
+        kernel = compile_sm90(triton_gemv._gemv_rope_store_kernel, types, consts, aligned,
+                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
+        spilled = spill_bytes(kernel, workdir)
+        if spilled:
+            failures.append(f"gemv_rotary_store_kv rows={rows} {cfg}: {spilled} B spilled")
+    return failures
+
+
 def attention_fused_combine() -> list[str]:
     """Split-K with the in-kernel combine: one acq_rel atomic, after a CTA barrier that follows
     the partials' stores; the partials are re-read past L1 (.cg)."""
@@ -109,7 +133,8 @@ def main() -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as workdir:
-        failures = rotary_store_kv() + gemv(workdir) + attention_fused_combine()
+        failures = rotary_store_kv() + gemv(workdir) + gemv_rotary_store_kv(workdir)
+        failures += attention_fused_combine()
     for line in failures:
         print("FAIL", line)
     print("sm_90 compile:", "ok" if not failures else f"{len(failures)} failures")

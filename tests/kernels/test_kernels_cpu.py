@@ -270,6 +270,7 @@ def test_tiny_model_on_triton_ops_matches_torch_ref(monkeypatch, gemv_rows):
         runner = PagedRunner(model, block_size=16)
         prefill = runner.step([(0, [5, 9, 2, 7, 1, 3]), (1, [4, 4])])
         decode = runner.step([(0, [11]), (1, [12])])
+        decode += runner.step([(1, [13])])  # one row: the fused qkv + rope + store GEMV
         logits[name] = torch.cat([*prefill, *decode])
     assert rel_err(logits["triton"], logits["torch_ref"]) < 2e-2
 
@@ -289,3 +290,51 @@ def test_fused_combine_leaves_counters_at_zero():
     assert buffers and all(int(b.abs().sum()) == 0 for b in buffers)
     err = _attention_case([70, 5], [1, 1], group=2, block_size=16, splits=4)
     assert err < 1e-2
+
+
+@pytest.mark.parametrize("num_rows", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gemv_rotary_store_kv_matches_linear_then_rotary_store(num_rows, dtype):
+    """qkv projection (with bias) + rope + KV store in one kernel, GQA, a padding slot."""
+    num_heads, num_kv_heads, head_dim, hidden, block_size = 4, 2, 64, 96, 16
+    gen = torch.Generator().manual_seed(num_rows)
+    x = torch.randn(num_rows, hidden, generator=gen).to(dtype)
+    w = (torch.randn((num_heads + 2 * num_kv_heads) * head_dim, hidden, generator=gen) / 8).to(
+        dtype
+    )
+    b = torch.randn(w.shape[0], generator=gen).to(dtype)
+    positions = torch.tensor([5, 0, 17][:num_rows])
+    cos_sin = torch.randn(32, head_dim, generator=gen)
+    kv = torch.randn(3, 2, block_size, num_kv_heads, head_dim, generator=gen).to(dtype)
+    kv_ref = kv.clone()
+    slots = torch.tensor([33, -1, 2][:num_rows])
+    ref_q = torch_ref.qkv_rotary_store_kv(x, w, b, positions, cos_sin, kv_ref, slots, num_heads)
+    out_q = triton_gemv.gemv_rotary_store_kv(x, w, b, positions, cos_sin, kv, slots, num_heads)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert out_q.shape == (num_rows, num_heads, head_dim)
+    assert rel_err(out_q, ref_q) < tol
+    assert rel_err(kv, kv_ref) < tol
+    untouched = torch.ones(3 * block_size, dtype=torch.bool)
+    untouched[slots[slots >= 0]] = False
+    flat, flat_ref = kv.transpose(1, 2).flatten(0, 1), kv_ref.transpose(1, 2).flatten(0, 1)
+    assert torch.equal(flat[untouched], flat_ref[untouched])  # other slots (and -1) untouched
+
+
+def test_qkv_rotary_store_kv_takes_the_fused_kernel_on_the_gemv_path(monkeypatch):
+    calls = []
+    real = triton_ops.gemv_rotary_store_kv
+    monkeypatch.setattr(triton_ops, "gemv_rotary_store_kv",
+                        lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))  # fmt: skip
+    w = torch.randn(8 * 64, 32).to(torch.bfloat16)  # 4 q heads, 2 kv heads of 64
+    cos_sin = torch.randn(16, 64)
+    for gemv_rows, num_rows in ((8, 1), (8, 9), (0, 1)):
+        monkeypatch.setattr(triton_ops, "gemv_max_rows", gemv_rows)
+        x = torch.randn(num_rows, 32).to(torch.bfloat16)
+        kv, kv_ref = torch.zeros(2, 2, 16, 2, 64).to(torch.bfloat16), torch.zeros(2, 2, 16, 2, 64)
+        slots = torch.arange(num_rows)
+        positions = torch.arange(num_rows)
+        q = ops.qkv_rotary_store_kv(x, w, None, positions, cos_sin, kv, slots, 4)
+        ref = torch_ref.qkv_rotary_store_kv(x.float(), w.float(), None, positions, cos_sin,
+                                            kv_ref, slots, 4)  # fmt: skip
+        assert rel_err(q, ref) < 2e-2 and rel_err(kv, kv_ref) < 2e-2
+    assert calls == [1]

@@ -196,6 +196,31 @@ def test_gemv_bias_and_silu_mul_match_reference(num_rows):
     assert rel_err(triton_gemv.gemv(x, wq, b), ref) < 1e-2
 
 
+@pytest.mark.parametrize("num_rows", [1, 2, 8])
+def test_gemv_rotary_store_kv_matches_linear_then_rotary_store(num_rows):
+    """The 8B qkv projection with rope + KV store as its epilogue, some padding slots."""
+    num_heads, num_kv_heads, head_dim, block_size = 32, 8, 128, 16
+    w = (torch.randn(6144, 4096, device="cuda") * 0.02).bfloat16()
+    x = torch.randn(num_rows, 4096, device="cuda").bfloat16()
+    positions = torch.randint(0, 8192, (num_rows,), device="cuda")
+    from pdserve.model.rope import cos_sin_table
+
+    cos_sin = cos_sin_table(head_dim, 500000.0, None, 8192).cuda()
+    kv = torch.randn(64, 2, block_size, num_kv_heads, head_dim, device="cuda").bfloat16()
+    kv_ref = kv.clone()
+    slots = torch.randperm(64 * block_size, device="cuda")[:num_rows]
+    slots[1::3] = -1
+    ref_q = torch_ref.qkv_rotary_store_kv(x, w, None, positions, cos_sin, kv_ref, slots,
+                                          num_heads)  # fmt: skip
+    q = triton_gemv.gemv_rotary_store_kv(x, w, None, positions, cos_sin, kv, slots, num_heads)
+    assert rel_err(q, ref_q) < 1e-2
+    assert rel_err(kv, kv_ref) < 1e-2
+    written = torch.zeros(64 * block_size, dtype=torch.bool, device="cuda")
+    written[slots[slots >= 0]] = True
+    flat, flat_ref = kv.transpose(1, 2).flatten(0, 1), kv_ref.transpose(1, 2).flatten(0, 1)
+    assert torch.equal(flat[~written], flat_ref[~written])
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 def test_fused_split_combine_is_race_free_over_repeats(batch):
     """The last-split-combines path, many launches back to back (a lost arrival or a stale
@@ -233,5 +258,6 @@ def test_tiny_model_on_triton_ops_matches_torch_ref(monkeypatch, shape, gemv_row
             runner = PagedRunner(model, block_size=16)
             prefill = runner.step([(0, list(range(3, 40))), (1, [4, 4, 9])])
             decode = runner.step([(0, [11]), (1, [12])])
+            decode += runner.step([(1, [13])])  # one row: the fused qkv + rope + store GEMV
         logits[name] = torch.cat([*prefill, *decode])
     assert rel_err(logits["triton"], logits["torch_ref"]) < 2e-2

@@ -91,6 +91,20 @@ class OpsBundle(Protocol):
         """`q, k = rotary(q, k, ...)`, then `store_kv(k, v, ...)`; returns the rotated q.
         May overwrite q in place (the caller must not reuse the q it passed in)."""
 
+    def qkv_rotary_store_kv(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        num_heads: int,
+    ) -> torch.Tensor:
+        """The attention's input side in one op: qkv = linear(hidden, weight, bias), split into
+        q [T, H, D], k, v [T, KV, D] (KV, D from kv_cache), then rotary_store_kv; -> rope(q)."""
+
     def linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -69,6 +69,35 @@ def rotary_store_kv(
     return q
 
 
+def split_qkv(
+    qkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[T, (H + 2 KV) * D] -> views q [T, H, D], k [T, KV, D], v [T, KV, D]."""
+    kv_size = num_kv_heads * head_dim
+    q, k, v = qkv.split([num_heads * head_dim, kv_size, kv_size], dim=-1)
+    num_tokens = qkv.shape[0]
+    return (
+        q.reshape(num_tokens, num_heads, head_dim),
+        k.reshape(num_tokens, num_kv_heads, head_dim),
+        v.reshape(num_tokens, num_kv_heads, head_dim),
+    )
+
+
+def qkv_rotary_store_kv(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+) -> torch.Tensor:
+    num_kv_heads, head_dim = kv_cache.shape[-2:]
+    q, k, v = split_qkv(linear(hidden, weight, bias), num_heads, num_kv_heads, head_dim)
+    return rotary_store_kv(q, k, v, positions, cos_sin, kv_cache, slot_mapping)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return F.linear(x, weight, bias)
 

@@ -152,3 +152,160 @@ def gemv(
         num_warps=config["num_warps"],
     )  # fmt: skip
     return y
+
+
+@triton.jit
+def _gemv_rope_store_kernel(
+    x_ptr, w_ptr, b_ptr, q_out_ptr, kv_ptr, slot_ptr, pos_ptr, cos_sin_ptr,
+    M, num_heads, num_kv_heads, stride_xm, stride_wn, stride_qot, stride_qoh,
+    stride_block, stride_kv, stride_tok, stride_head, stride_cs,
+    K: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_J: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The qkv projection of M tokens with rope and the KV store as its epilogue.
+
+    Program p owns one stacked head h of [q heads | k heads | v heads] and BLOCK_J columns j of
+    its first half: it computes output columns h*D + j and h*D + HALF + j (a rope pair) and
+    writes rope(q) to q_out, rope(k) and v to the cache at each token's slot (-1: skipped).
+    """
+    pid = tl.program_id(0)
+    head = pid // (HALF // BLOCK_J)
+    j = (pid % (HALF // BLOCK_J)) * BLOCK_J + tl.arange(0, BLOCK_J)  # [BLOCK_J]
+    m = tl.arange(0, BLOCK_M)
+    k = tl.arange(0, BLOCK_K)
+    m_ok = m < M
+    row1 = (head * HEAD_DIM + j).to(tl.int64)  # [BLOCK_J] rows of w: first half of the pair
+    w1_ptrs = w_ptr + row1[:, None] * stride_wn + k[None, :]  # [BLOCK_J, BLOCK_K]
+    w2_ptrs = w1_ptrs + HALF * stride_wn
+    x_ptrs = x_ptr + m.to(tl.int64)[:, None] * stride_xm + k[None, :]  # [BLOCK_M, BLOCK_K]
+    if USE_DOT:
+        acc1 = tl.zeros([BLOCK_M, BLOCK_J], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_J], dtype=tl.float32)
+    else:  # one row: elementwise products, summed over K after the loop (as _gemv_kernel)
+        acc1 = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_J, BLOCK_K], dtype=tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
+        k_ok = (k0 + k) < K
+        if EVEN_K:
+            w1 = tl.load(w1_ptrs)
+            w2 = tl.load(w2_ptrs)
+        else:
+            w1 = tl.load(w1_ptrs, mask=k_ok[None, :], other=0.0)
+            w2 = tl.load(w2_ptrs, mask=k_ok[None, :], other=0.0)
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if USE_DOT:
+            if DOT_FP32:
+                x = x.to(tl.float32)
+                w1 = w1.to(tl.float32)
+                w2 = w2.to(tl.float32)
+            acc1 += tl.dot(x, tl.trans(w1), input_precision=PRECISION)
+            acc2 += tl.dot(x, tl.trans(w2), input_precision=PRECISION)
+        else:
+            xf = x.to(tl.float32)  # [1, BLOCK_K]
+            acc1 += w1.to(tl.float32) * xf
+            acc2 += w2.to(tl.float32) * xf
+        w1_ptrs += BLOCK_K
+        w2_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    if USE_DOT:
+        y1 = acc1  # [BLOCK_M, BLOCK_J]
+        y2 = acc2
+    else:
+        y1 = tl.sum(acc1, axis=1)[None, :]  # [1, BLOCK_J]
+        y2 = tl.sum(acc2, axis=1)[None, :]
+    if HAS_BIAS:
+        y1 += tl.load(b_ptr + row1).to(tl.float32)[None, :]
+        y2 += tl.load(b_ptr + row1 + HALF).to(tl.float32)[None, :]
+    # The projection's output dtype first, as linear() then rotary_store_kv() would round.
+    x_dtype = x_ptr.dtype.element_ty
+    y1 = y1.to(x_dtype).to(tl.float32)
+    y2 = y2.to(x_dtype).to(tl.float32)
+    if head < num_heads + num_kv_heads:  # q or k: rotate
+        pos = tl.load(pos_ptr + m, mask=m_ok, other=0).to(tl.int64)
+        cs = cos_sin_ptr + pos[:, None] * stride_cs + j[None, :]
+        cos = tl.load(cs, mask=m_ok[:, None], other=0.0).to(tl.float32)
+        sin = tl.load(cs + HALF, mask=m_ok[:, None], other=0.0).to(tl.float32)
+        r1 = y1 * cos - y2 * sin
+        r2 = y2 * cos + y1 * sin
+        y1 = r1.to(x_dtype).to(tl.float32)
+        y2 = r2.to(x_dtype).to(tl.float32)
+    if head < num_heads:
+        q_dtype = q_out_ptr.dtype.element_ty
+        qo = q_out_ptr + m.to(tl.int64)[:, None] * stride_qot + head * stride_qoh + j[None, :]
+        tl.store(qo, y1.to(q_dtype), mask=m_ok[:, None])
+        tl.store(qo + HALF, y2.to(q_dtype), mask=m_ok[:, None])
+    else:
+        is_v = head >= num_heads + num_kv_heads
+        kv_head = tl.where(is_v, head - num_heads - num_kv_heads, head - num_heads)
+        half_offset = tl.where(is_v, stride_kv, 0)  # K half or V half of the block
+        slot = tl.load(slot_ptr + m, mask=m_ok, other=-1).to(tl.int64)  # [BLOCK_M]
+        dst = (kv_ptr + (slot // BLOCK_SIZE) * stride_block + (slot % BLOCK_SIZE) * stride_tok
+               + half_offset + kv_head * stride_head)[:, None] + j[None, :]  # fmt: skip
+        store_ok = (m_ok & (slot >= 0))[:, None]
+        cache_dtype = kv_ptr.dtype.element_ty
+        tl.store(dst, y1.to(cache_dtype), mask=store_ok)
+        tl.store(dst + HALF, y2.to(cache_dtype), mask=store_ok)
+
+
+def gemv_rotary_store_kv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    *,
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """qkv = x @ weight.T (+ bias); rope(q), rope(k) -> cache, v -> cache: one launch, the
+    same results as linear + ops.rotary_store_kv. x [M, K], weight [(H + 2 KV) * D, K],
+    kv_cache [num_blocks, 2, block_size, KV, D]; -> q [M, H, D]."""
+    num_rows, k = x.shape
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    if weight.shape != ((num_heads + 2 * num_kv_heads) * head_dim, k):
+        raise ValueError(
+            f"gemv_rotary_store_kv: weight {tuple(weight.shape)} is not the qkv projection "
+            f"of {num_heads} q / {num_kv_heads} kv heads of {head_dim}"
+        )
+    if cos_sin.shape[-1] != head_dim or head_dim % 2:
+        raise ValueError(f"rope table width {cos_sin.shape[-1]} != head_dim {head_dim}")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    cos_sin = cos_sin if cos_sin.stride(-1) == 1 else cos_sin.contiguous()
+    q = torch.empty(num_rows, num_heads, head_dim, dtype=x.dtype, device=x.device)
+    if num_rows == 0:
+        return q
+    is_cuda = x.is_cuda
+    if config is None:
+        num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count if is_cuda else 4
+        config = default_config(num_rows, weight.shape[0], k, num_sms)
+    use_dot = bool(config["use_dot"])
+    block_m = max(16, triton.next_power_of_2(num_rows)) if use_dot else 1
+    if not use_dot and num_rows > 1:
+        raise ValueError("gemv_rotary_store_kv: the CUDA-core path takes one row")
+    half = head_dim // 2
+    # A rope pair per column: BLOCK_N columns of the plain GEMV = 2 x BLOCK_J here.
+    block_j = min(max(config["block_n"] // 2, 16 if use_dot else 1), half)
+    if half % block_j:
+        raise ValueError(f"head_dim {head_dim}: half {half} is not a multiple of {block_j}")
+    block_k = config["block_k"]
+    grid = ((num_heads + 2 * num_kv_heads) * (half // block_j),)
+    _gemv_rope_store_kernel[grid](
+        x, weight, bias if bias is not None else weight, q, kv_cache, slot_mapping, positions,
+        cos_sin, num_rows, num_heads, num_kv_heads, x.stride(0), weight.stride(0),
+        q.stride(0), q.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        cos_sin.stride(0),
+        K=k, HEAD_DIM=head_dim, HALF=half, BLOCK_J=block_j, BLOCK_SIZE=block_size,
+        HAS_BIAS=bias is not None, USE_DOT=use_dot, BLOCK_M=block_m, BLOCK_K=block_k,
+        EVEN_K=k % block_k == 0, NUM_STAGES=config["num_stages"],
+        DOT_FP32=not is_cuda or x.dtype == torch.float32,
+        PRECISION="ieee" if (x.dtype == torch.float32 or not is_cuda) else "tf32",
+        num_warps=config["num_warps"],
+    )  # fmt: skip
+    return q

@@ -12,15 +12,17 @@ import torch.nn.functional as F
 
 from pdserve.config import env_flag
 from pdserve.model.ops import AttentionMetadata
+from pdserve.model.ops.torch_ref import split_qkv
 from pdserve.model.ops.triton_attention import attention
 from pdserve.model.ops.triton_elementwise import add_rms_norm, rms_norm, rotary, silu_mul
-from pdserve.model.ops.triton_gemv import MAX_ROWS, gemv
+from pdserve.model.ops.triton_gemv import MAX_ROWS, gemv, gemv_rotary_store_kv
 from pdserve.model.ops.triton_kv_store import rotary_store_kv, store_kv
 
 __all__ = [
     "add_rms_norm",
     "linear",
     "paged_attention",
+    "qkv_rotary_store_kv",
     "rms_norm",
     "rotary",
     "rotary_store_kv",
@@ -48,6 +50,27 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if _use_gemv(x, weight):
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def qkv_rotary_store_kv(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+) -> torch.Tensor:
+    """On the GEMV path, one launch (rope and the KV store as the projection's epilogue);
+    otherwise cuBLAS + the fused rotary_store_kv (two launches)."""
+    # A rope pair per output column: the tensor-core path needs >= 16 of them per head.
+    if _use_gemv(hidden, weight) and (hidden.shape[0] == 1 or kv_cache.shape[-1] >= 32):
+        return gemv_rotary_store_kv(hidden, weight, bias, positions, cos_sin, kv_cache,
+                                    slot_mapping, num_heads)  # fmt: skip
+    num_kv_heads, head_dim = kv_cache.shape[-2:]
+    q, k, v = split_qkv(linear(hidden, weight, bias), num_heads, num_kv_heads, head_dim)
+    return rotary_store_kv(q, k, v, positions, cos_sin, kv_cache, slot_mapping)
 
 
 def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
