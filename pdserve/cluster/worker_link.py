@@ -105,13 +105,16 @@ class WorkerLink:
 
     def _drain(self) -> None:
         """Handle the frames waiting on the socket. Its FD signals edge-triggered (and a send
-        may consume the edge), so read until EAGAIN, and `_wake` after every send."""
+        may consume the edge), so read while ZMQ_EVENTS shows POLLIN (cheaper than a recv
+        raising Again), and after every send `_wake` if it does."""
         self._is_drain_due = False
         sock, handle = self._sock, self._handle
         recv, more, flags = sock.recv, sock.getsockopt, zmq.NOBLOCK
         for _ in range(MAX_DRAIN):
             # [peer, frame]: two recv calls, not recv_multipart's list and RCVMORE per frame
             try:
+                if not more(zmq.EVENTS) & zmq.POLLIN:
+                    return
                 peer = recv(flags)
                 frame = recv(flags)
             except zmq.Again:
@@ -256,4 +259,14 @@ class WorkerLink:
         except zmq.ZMQError as e:  # the peer is gone (ROUTER_MANDATORY)
             if not self._sock.closed:
                 self._remove(record, f"unreachable: {e}")
-        self._wake()
+        self._wake_if_readable()
+
+    def _wake_if_readable(self) -> None:
+        """`_wake` if a frame waits (the send may have consumed the FD's edge): one
+        getsockopt instead of a `_drain` whose first recv raises Again."""
+        try:
+            is_readable = self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        except zmq.ZMQError:  # closed: nothing to read
+            return
+        if is_readable:
+            self._wake()
