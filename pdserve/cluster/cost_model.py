@@ -90,11 +90,34 @@ class StepCostModel:
 
     @classmethod
     def fit(cls, shapes: Sequence[StepShape], times_s: Sequence[float]) -> StepCostModel:
-        """Non-negative least squares over the five features (a feature never seen is 0)."""
-        rows = [s.features() for s in shapes]
-        if len(rows) != len(times_s) or not rows:
-            raise ValueError(f"need one time per shape, got {len(rows)} shapes, {len(times_s)}")
-        return cls(*nnls(rows, list(times_s)))
+        """Non-negative least squares on relative errors (each sample's row and time divided by
+        its time, so a 7 ms decode step counts as much as a 50 ms prefill step), in two stages
+        when there are at least 3 steps of each kind: the fixed and decode terms from the
+        decode-only steps, then the prefill terms from what those leave of the other steps.
+        A feature never seen gets 0.
+
+        Why: decode steps (what TPOT is made of) run another way than prefill and mixed steps
+        (a CUDA graph against eager kernels on a GPU); one joint fit let the mixed steps' cost
+        leak into the decode context term (5x its measured slope on an H100) and put simulated
+        TPOT up to 2x off."""
+        if len(shapes) != len(times_s) or not shapes:
+            raise ValueError(f"need one time per shape, got {len(shapes)} shapes, {len(times_s)}")
+        if any(t <= 0 for t in times_s):
+            raise ValueError("step times must be > 0")
+        decode = [(s, t) for s, t in zip(shapes, times_s) if not s.num_prefill_tokens]
+        prefill = [(s, t) for s, t in zip(shapes, times_s) if s.num_prefill_tokens]
+        if len(decode) < 3 or len(prefill) < 3:
+            rows = [[f / t for f in s.features()] for s, t in zip(shapes, times_s)]
+            return cls(*nnls(rows, [1.0] * len(rows)))
+        rows = [[f / t for f in s.features()] for s, t in decode]
+        base, _, _, per_seq, per_ctx = nnls(rows, [1.0] * len(rows))
+        rows = [[s.num_prefill_tokens / t, s.num_prefill_pairs / t] for s, t in prefill]
+        rest = [
+            (t - base - per_seq * s.num_decode_seqs - per_ctx * s.num_decode_ctx_tokens) / t
+            for s, t in prefill
+        ]
+        per_token, per_pair = nnls(rows, rest)
+        return cls(base, per_token, per_pair, per_seq, per_ctx)
 
     @classmethod
     def roofline(

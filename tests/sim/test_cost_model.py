@@ -56,3 +56,18 @@ def test_shipped_profiles_load():
         profile = load_profile(name)
         assert profile.num_blocks > 0 and profile.cost.base_s >= 0
         assert profile.kind == ("roofline" if name.endswith("roofline") else "measured")
+
+
+def test_fit_weighs_errors_relative_to_the_step_time():
+    """Big prefill steps that the linear model cannot follow (here 20 % over it) must not pull
+    the small decode steps off: those stay exact, as TPOT depends on them (absolute least
+    squares leaves them 6 % off here); the prefill terms take the rest."""
+    truth = StepCostModel(0.007, 2e-5, 0.0, 1e-5, 5e-8)
+    decode = [StepShape(0, 0, d, d * c) for d in (1, 4, 16, 64) for c in (128, 512, 1024)]
+    prefill = [StepShape(p, p * (p + 1) // 2, 0, 0) for p in (256, 512, 1024, 2048, 4096, 8192)]
+    times = [truth.step_time(s) for s in decode] + [1.2 * truth.step_time(s) for s in prefill]
+    model = StepCostModel.fit(decode + prefill, times)
+    for s in decode:
+        assert model.step_time(s) == pytest.approx(truth.step_time(s), rel=1e-6)
+    for s in prefill:
+        assert model.step_time(s) == pytest.approx(1.2 * truth.step_time(s), rel=0.1)
