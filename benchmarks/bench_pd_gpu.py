@@ -1,7 +1,7 @@
 """PD disaggregation and cluster routing on the GPUs of one host, through `pdserve up`.
 
     PYTHONPATH=. python benchmarks/bench_pd_gpu.py --parts pd,fused1        # TTFT, PD goodput
-    PYTHONPATH=. python benchmarks/bench_pd_gpu.py --parts fused2,fused2_rr
+    PYTHONPATH=. python benchmarks/bench_pd_gpu.py --parts fused2,fused2_prefix,fused2_rr
 
 Each part starts one fleet (`pdserve up`, random weights of `--model`'s shape, the same engine
 flags), warms it up on never-reused prompts, runs its measures, and stops it:
@@ -9,10 +9,9 @@ flags), warms it up on never-reused prompts, runs its measures, and stops it:
   pd         1 prefill + 1 decode worker (one GPU each), KV over CUDA IPC, every request
              disaggregated (`--pd-disaggregation always`): idle TTFT, goodput sweep
   fused1     one fused worker on one GPU: idle TTFT (the PD comparison's baseline)
-  fused2     two fused workers (`--routing ttft`): goodput sweep, shared-prefix run
-  fused2_rr  two fused workers (`--routing round_robin`): shared-prefix run
-  Fleets with a shared-prefix run get KV pools sized for it (below; at the rates where the
-  goodput mix meets its SLOs its running requests fit them, about 10 k blocks on the 8B shape).
+  fused2     two fused workers (`--routing ttft`): goodput sweep
+  fused2_prefix, fused2_rr   two fused workers with `--routing ttft` / `round_robin` and KV
+             pools sized for the shared-prefix run (below): that run
 
 Measures:
   idle TTFT    prompts of 1k-8k tokens one at a time (2 new tokens), `--ttft-repeats` each after
@@ -55,12 +54,14 @@ FLEETS = {
            "--pd-disaggregation", "always"],
     "fused1": ["--instances", "1"],
     "fused2": ["--instances", "2", "--routing", "ttft"],
+    "fused2_prefix": ["--instances", "2", "--routing", "ttft"],
     "fused2_rr": ["--instances", "2", "--routing", "round_robin"],
 }  # fmt: skip
 MEASURES = {
     "pd": ("ttft", "goodput"),
     "fused1": ("ttft",),
-    "fused2": ("goodput", "prefix"),
+    "fused2": ("goodput",),
+    "fused2_prefix": ("prefix",),
     "fused2_rr": ("prefix",),
 }
 
@@ -230,16 +231,20 @@ def cluster_prefix_hits(fleet: Fleet) -> float:
 
 
 def num_blocks_for_prefix(args) -> int:
-    """Per worker: `--prefix-cache-fraction` of all system prompts, plus the running requests."""
+    """Per worker: `--prefix-cache-fraction` of all system prompts, one more system prompt (a
+    request whose prefix is not cached holds a fresh copy while it runs) and the questions and
+    answers of 16 running requests (those with a hit share the cached system blocks).
+    (2026-11-27: sized for 32 whole running requests, each worker held every system prompt and
+    round-robin hit as often as `ttft`.)"""
     bs = 16
-    system = args.prefix_groups * args.prefix_system_len * args.prefix_cache_fraction
-    running = 32 * (args.prefix_system_len + args.prefix_question_len + args.prefix_output_len)
+    system = args.prefix_system_len * (args.prefix_groups * args.prefix_cache_fraction + 1)
+    running = 16 * (args.prefix_question_len + args.prefix_output_len + bs)
     return int((system + running) // bs)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--parts", default="pd,fused1,fused2,fused2_rr")
+    p.add_argument("--parts", default="pd,fused1,fused2,fused2_prefix,fused2_rr")
     p.add_argument("--model", default="dummy:llama-3.1-8b")
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--pd-transport", default="cuda_ipc", help="nixl for a CPU smoke run")

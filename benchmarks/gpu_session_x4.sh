@@ -17,7 +17,8 @@ gpus_01() {  # KV transfer, PD vs fused TTFT, PD goodput; then kernels and the s
   timeout 90 python3 benchmarks/bench_kvxfer.py --skip-cpu --iters 8 \
     --out "$OUT"/a/kvxfer_gpu.json > "$OUT"/a/kvxfer.log 2>&1; stamp "kvxfer rc=$?"
   OUT="$OUT"/a timeout 330 python3 benchmarks/bench_pd_gpu.py --parts pd,fused1 \
-    --rates 2,4,6,8,10,12,16 --mix-requests 32 > "$OUT"/a/pd.log 2>&1; stamp "pd,fused1 rc=$?"
+    --rates 2,4,6,8,10,12,16 --mix-requests 32 --diagnose 6 > "$OUT"/a/pd.log 2>&1
+  stamp "pd,fused1 rc=$?"
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/bench_kernels.py --sections gemv,step \
     --quick --out "$OUT"/c/bench_kernels.json > "$OUT"/c/kernels.log 2>&1 &
   CUDA_VISIBLE_DEVICES=1 OUT="$OUT"/c timeout 150 python3 benchmarks/bench_gpu.py \
@@ -27,7 +28,7 @@ gpus_01() {  # KV transfer, PD vs fused TTFT, PD goodput; then kernels and the s
 
 gpus_23() {  # cluster routing and 2 fused goodput; then W1 + HF and the simulator's fidelity
   export CUDA_VISIBLE_DEVICES=2,3
-  OUT="$OUT"/b timeout 300 python3 benchmarks/bench_pd_gpu.py --parts fused2,fused2_rr \
+  OUT="$OUT"/b timeout 330 python3 benchmarks/bench_pd_gpu.py --parts fused2,fused2_prefix,fused2_rr \
     --rates 2,4,6,8,10,12,16 --mix-requests 32 > "$OUT"/b/pd.log 2>&1; stamp "fused2 rc=$?"
   CUDA_VISIBLE_DEVICES=3 OUT="$OUT"/d timeout 270 python3 benchmarks/bench_gpu.py \
     --models llama-3.1-8b --parts w1,hf > "$OUT"/d/bench_gpu_w1.log 2>&1 &
@@ -44,3 +45,5 @@ gpus_01 &
 gpus_23 &
 wait
 stamp "all done"
+# The device tool brings back a limited number of files: one archive of everything.
+tar -czf "$OUT"/all.tgz -C "$OUT" a b c d && rm -rf "$OUT"/a "$OUT"/b "$OUT"/c "$OUT"/d
