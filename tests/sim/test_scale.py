@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 import bench_sim_scale  # noqa: E402
 
 NUM_REQUESTS = 100_000
-BOUND_S = 240.0
+BOUND_S = 120.0  # CPU s; measured ~20 s on the shared 2-core box (2026-11-27)
 
 
 def test_100k_requests_over_64_instances_simulate_quickly(capsys):
