@@ -16,8 +16,9 @@ tmpfs gives no huge pages here), and, in this process, between two caches on 2 M
 pages NIXL's registration gives the caches). NIXL rows: one request (moved inside `poll`), one
 with the sender's progress thread, 32 layer-by-layer requests, 2048 descriptors of 64 KiB (every
 block its own run), and on 4 KiB pages (huge_pages=False on both sides).
-GPU (2+ GPUs): CUDA IPC cuda:0 -> cuda:1 (one request, layer by layer, and every block its
-own run) and NIXL on VRAM (where nixl is installed), vs a plain cuda:0 -> cuda:1 copy of
+GPU (2+ GPUs): CUDA IPC cuda:0 -> cuda:1 (one request by memcpy per descriptor and by the
+copy kernel, layer by layer, and every block its own run) and NIXL on VRAM (where nixl is
+installed), vs a plain cuda:0 -> cuda:1 copy of
 128 MiB in one process.
 """
 
@@ -258,7 +259,9 @@ def gpu_section(iters: int) -> list[dict]:
     nbytes = x.numel() * x.element_size()
     ipc = [Variant("cuda_ipc memcpy/descriptor", "cuda_ipc"),
            Variant("cuda_ipc memcpy layer-by-layer", "cuda_ipc", per_layer=True),
-           Variant("cuda_ipc 2048 x 64 KiB, batched", "cuda_ipc", dst_ids=SCATTERED_DST_IDS),
+           Variant("cuda_ipc copy kernel", "cuda_ipc", {"max_memcpy_descriptors": 0}),
+           Variant("cuda_ipc 2048 x 64 KiB, copy kernel", "cuda_ipc",
+                   dst_ids=SCATTERED_DST_IDS),
            Variant("cuda_ipc 2048 x 64 KiB, memcpy each", "cuda_ipc",
                    {"max_memcpy_descriptors": 4096}, dst_ids=SCATTERED_DST_IDS)]  # fmt: skip
     nixl = [Variant("nixl VRAM request", "nixl_vram"),

@@ -6,11 +6,12 @@ The peer's memory is opened in this process on THIS process's device, with peer 
 maps it over NVLink): to PyTorch the peer cache is then a tensor on the local device, so a copy
 is a plain device-to-device copy the hardware routes peer to peer. (Opened on the peer's own
 device index instead, PyTorch copied across devices without peer access: staged, 26 GB/s, and
-blocking the host.) Copies: up to `max_memcpy_descriptors` descriptors, one cudaMemcpyAsync each
-(copy engines); more (scattered blocks), one batched copy kernel over all of them
-(`torch._foreach_copy_`) instead of a Python loop of launches. The two processes must see the
-same GPU numbering (same CUDA_VISIBLE_DEVICES; `pdserve up --kv-transport cuda_ipc` puts each
-worker on `--device cuda:N` for this).
+blocking the host.) Copies: up to `max_memcpy_descriptors` descriptors, one cudaMemcpyAsync
+each (copy engines); more (scattered blocks), one launch of `copy_kernel.copy_ranges` over the
+whole descriptor table instead of a Python loop of copies (H100s, run of b93eb7c: ~40 µs of host
+time per 4 MiB `copy_`, ~8 µs per range batched with `_foreach_copy_`). The two processes must
+see the same GPU numbering (same CUDA_VISIBLE_DEVICES; `pdserve up --kv-transport cuda_ipc`
+puts each worker on `--device cuda:N` for this).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.multiprocessing.reductions import reduce_tensor
 
 from pdserve.kvxfer.base import TransportBase
 from pdserve.kvxfer.coalesce import Descriptors
+from pdserve.kvxfer.copy_kernel import copy_ranges
 from pdserve.kvxfer.spec import Direction, PeerMetadata
 
 
@@ -65,15 +67,13 @@ class CudaIpcTransport(TransportBase):
         # Ordered after whatever the caller already queued (e.g. this layer's attention).
         self._stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._stream):
-            runs = zip(
-                descs.src_offsets.tolist(), descs.dst_offsets.tolist(), descs.nbytes.tolist()
-            )
-            if len(descs) <= self.max_memcpy_descriptors:
-                for s, d, n in runs:
+            many = len(descs) > self.max_memcpy_descriptors
+            if not (many and copy_ranges(src, dst, descs.src_offsets, descs.dst_offsets,
+                                         descs.nbytes)):  # fmt: skip
+                for s, d, n in zip(
+                    descs.src_offsets.tolist(), descs.dst_offsets.tolist(), descs.nbytes.tolist()
+                ):
                     dst[d : d + n].copy_(src[s : s + n], non_blocking=True)
-            else:
-                views = [(dst[d : d + n], src[s : s + n]) for s, d, n in runs]
-                torch._foreach_copy_([d for d, _ in views], [s for _, s in views])
             done = torch.cuda.Event()
             done.record(self._stream)
         # The source must not be reused by the allocator before the copy ran.
