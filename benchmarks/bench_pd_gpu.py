@@ -253,8 +253,10 @@ def main() -> None:
     p.add_argument("--start-timeout-s", type=float, default=400)
     p.add_argument("--ttft-lens", default="1024,2048,4096,8192")
     p.add_argument("--ttft-repeats", type=int, default=3)
-    p.add_argument("--rates", default="2,4,6,8,10,12,16")
-    p.add_argument("--mix-requests", type=int, default=40)
+    # Long enough per rate to reach steady state: 32 requests (2026-11-27) made a burst of
+    # 2-16 s that a fleet past its capacity still absorbed (the simulator showed it).
+    p.add_argument("--rates", default="3,4,5,6,7,8,10")
+    p.add_argument("--mix-requests", type=int, default=150)
     p.add_argument("--mix-input-len", type=int, default=4096)
     p.add_argument("--mix-output-len", type=int, default=128)
     p.add_argument("--slo-ttft-ms", type=float, default=1000)

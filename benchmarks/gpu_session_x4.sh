@@ -17,7 +17,7 @@ gpus_01() {  # KV transfer, PD vs fused TTFT, PD goodput; then kernels and the s
   timeout 90 python3 benchmarks/bench_kvxfer.py --skip-cpu --iters 8 \
     --out "$OUT"/a/kvxfer_gpu.json > "$OUT"/a/kvxfer.log 2>&1; stamp "kvxfer rc=$?"
   OUT="$OUT"/a timeout 330 python3 benchmarks/bench_pd_gpu.py --parts pd,fused1 \
-    --rates 2,4,6,8,10,12,16 --mix-requests 32 --diagnose 6 > "$OUT"/a/pd.log 2>&1
+    --rates 4,5,6,7,8 --mix-requests 150 --diagnose 6 > "$OUT"/a/pd.log 2>&1
   stamp "pd,fused1 rc=$?"
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/bench_kernels.py --sections gemv,step \
     --quick --out "$OUT"/c/bench_kernels.json > "$OUT"/c/kernels.log 2>&1 &
@@ -29,7 +29,7 @@ gpus_01() {  # KV transfer, PD vs fused TTFT, PD goodput; then kernels and the s
 gpus_23() {  # cluster routing and 2 fused goodput; then W1 + HF and the simulator's fidelity
   export CUDA_VISIBLE_DEVICES=2,3
   OUT="$OUT"/b timeout 330 python3 benchmarks/bench_pd_gpu.py --parts fused2,fused2_prefix,fused2_rr \
-    --rates 2,4,6,8,10,12,16 --mix-requests 32 > "$OUT"/b/pd.log 2>&1; stamp "fused2 rc=$?"
+    --rates 4,5,6,7,8 --mix-requests 150 > "$OUT"/b/pd.log 2>&1; stamp "fused2 rc=$?"
   CUDA_VISIBLE_DEVICES=3 OUT="$OUT"/d timeout 270 python3 benchmarks/bench_gpu.py \
     --models llama-3.1-8b --parts w1,hf > "$OUT"/d/bench_gpu_w1.log 2>&1 &
   CUDA_VISIBLE_DEVICES=2 timeout 270 python3 benchmarks/bench_sim_fidelity.py --device cuda \
