@@ -29,7 +29,7 @@ def build_app(state: ServerState, lifespan=None, enable_debug: bool = False) -> 
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=state.config.max_body_bytes)
 
-    def check_key(request: Request) -> None:
+    async def check_key(request: Request) -> None:  # a def would run in a thread per request
         key = state.config.api_key
         if key is None:
             return

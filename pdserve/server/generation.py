@@ -83,7 +83,7 @@ class ServerState:
         info = self.engine.info
         if not prompt_ids:
             raise bad_param(param, "the prompt must contain at least one token")
-        if any(t >= info.vocab_size for t in prompt_ids):
+        if max(prompt_ids) >= info.vocab_size:
             raise bad_param(param, f"token ids must be below the vocabulary size {info.vocab_size}")
         limit = info.max_model_len
         if len(prompt_ids) + max_tokens > limit:
@@ -150,31 +150,37 @@ async def run_choice(
 
 
 async def merge(streams: Sequence[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
-    """Interleave several async iterators as items arrive: (stream index, item). Closing the
-    merged iterator cancels (and so closes) every stream still running."""
+    """Interleave several async iterators as items arrive: (stream index, item). A stream is
+    not read past an item until the consumer is done with it (asks for the next item): its
+    items share a tracker that reading the next event advances. Closing the merged iterator
+    cancels (and so closes) every stream still running."""
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
+    loop = asyncio.get_running_loop()
 
     async def pump(index: int, stream: AsyncIterator) -> None:
         try:
             async for item in stream:
-                queue.put_nowait((index, item))
+                taken = loop.create_future()
+                queue.put_nowait((index, item, taken))
+                await taken
         except Exception as e:  # handed to the consumer
-            queue.put_nowait((index, e))
+            queue.put_nowait((index, e, None))
         finally:
-            queue.put_nowait((index, done))
+            queue.put_nowait((index, done, None))
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     try:
         num_open = len(tasks)
         while num_open:
-            index, item = await queue.get()
+            index, item, taken = await queue.get()
             if item is done:
                 num_open -= 1
             elif isinstance(item, Exception):
                 raise item
             else:
                 yield index, item
+                taken.set_result(None)
     finally:
         for task in tasks:
             task.cancel()
