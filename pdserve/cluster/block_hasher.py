@@ -11,11 +11,12 @@ comparison of a whole shared run a fraction of its blocks' lookups:
 
 The chain of a first block is re-cut after every prompt starting with it to what that prompt
 and the one before shared (found by bisection over the two hash lists: a chained hash equal at
-block i means blocks 0..i equal), so an odd prompt shortens it for one prompt only. A chain is
-used only when the prompt's tokens equal it, so the results are exactly
-`hashing.hash_blocks` (the chain is the same). Memos and chains are bounded and dropped whole
-when full (cheap, and hot prefixes refill them at once); they hold ints, bytes and tuples of
-them, which the garbage collector soon stops tracking.
+block i means blocks 0..i equal), so an odd prompt shortens it for one prompt only; a first
+block seen once has an empty chain. A chain is used only when the prompt's tokens equal it, so
+the results are exactly `hashing.hash_blocks` (the chain is the same). The memo (in entries)
+and the chains (in tokens and hashes held, as many as the memo's entries hold tokens) are
+bounded and dropped whole when full (cheap, and hot prefixes refill them at once); they hold
+ints, bytes and tuples of them, which the garbage collector soon stops tracking.
 
 The memo entry also keeps, once asked for (`hash_and_pack`), the msgpack encoding of the
 block's token ids: a SUBMIT then carries the prompt's full blocks as bytes already packed
@@ -40,6 +41,7 @@ class BlockHasher:
         # first block's tokens -> (the chain's tokens, their block hashes, their msgpack per
         # block or None, the hashes of the last prompt starting with that block)
         self._chains: dict[tuple[int, ...], tuple] = {}
+        self._chains_size = 0  # tokens and hashes the chains hold: bounded like the memo's
         self._packer = msgpack.Packer(use_bin_type=True)  # one thread: the owner's
         self._header_len = len(self._packer.pack_array_header(block_size))
 
@@ -63,8 +65,9 @@ class BlockHasher:
         if len(self._memo) > self.max_entries:
             self._memo.clear()
         chains = self._chains
-        if len(chains) > self.max_entries // 16:
+        if self._chains_size > self.max_entries * block_size:
             chains.clear()
+            self._chains_size = 0
         first = tokens[:block_size]
         chain = chains.get(first)
         hashes: list[int] = []
@@ -110,8 +113,12 @@ class BlockHasher:
 
     def _recut(self, first: tuple, chain, tokens: tuple, hashes: list, packed) -> None:
         """The chain of `first` := the blocks this prompt and the last one starting with
-        `first` share (a prompt alone: all of its full blocks)."""
-        last = chain[3] if chain is not None else hashes
+        `first` share (at first sight none: the prompt's hashes only, for the next one)."""
+        own = tuple(hashes)
+        if chain is None:
+            self._set_chain(first, None, ((), (), () if packed is not None else None, own))
+            return
+        last = chain[3]
         lo, hi = 0, min(len(hashes), len(last))  # blocks [0, lo) equal; [hi, ...) not known
         if hi and hashes[hi - 1] == last[hi - 1]:
             lo = hi
@@ -122,9 +129,16 @@ class BlockHasher:
                     lo = mid
                 else:
                     hi = mid
-        own = tuple(hashes)
-        if chain is not None and len(chain[1]) == lo and (chain[2] is not None or packed is None):
-            self._chains[first] = (chain[0], chain[1], chain[2], own)
+        if len(chain[1]) == lo and (chain[2] is not None or packed is None):
+            self._set_chain(first, chain, (chain[0], chain[1], chain[2], own))
             return
         cut = tuple(packed[:lo]) if packed is not None else None
-        self._chains[first] = (tokens[: lo * self.block_size], own[:lo], cut, own)
+        self._set_chain(first, chain, (tokens[: lo * self.block_size], own[:lo], cut, own))
+
+    def _set_chain(self, first: tuple, old, new: tuple) -> None:
+        if old is None:
+            self._chains_size += len(first)
+        else:
+            self._chains_size -= len(old[0]) + len(old[3])
+        self._chains_size += len(new[0]) + len(new[3])
+        self._chains[first] = new

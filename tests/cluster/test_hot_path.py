@@ -264,3 +264,12 @@ def test_block_hasher_shared_runs_give_exactly_the_hashes_and_bytes_of_each_bloc
             hashes, packed = hasher.hash_and_pack(prompt)
             assert hashes == hash_blocks(tokens, block_size)
             assert packed == packer.pack(tokens[:full])[len(packer.pack_array_header(full)) :]
+
+
+def test_block_hasher_chains_keep_no_tokens_of_unshared_prompts_and_stay_bounded():
+    rng = random.Random(5)
+    hasher = BlockHasher(4, max_entries=64)
+    for _ in range(200):
+        hasher.hash_and_pack([rng.randrange(10**6) for _ in range(40)])  # no two alike
+        assert all(not tokens for tokens, *_ in hasher._chains.values())
+        assert hasher._chains_size <= 64 * 4 + 4 + 2 * 40
