@@ -20,6 +20,10 @@ import sys
 import time
 
 LOOPBACK = ("tcp://127.0.0.1:", "tcp://localhost:", "ipc://", "inproc://")
+# PD link assumed by the cost model unless --pd-link-gbps says: CUDA IPC measured 100 GB/s for
+# a 1 k-token 8B request between two H100s (docs/benchmarks.md); NIXL over a 100 Gb/s NIC ~10.
+CUDA_IPC_LINK_GBPS = 100.0
+DEFAULT_LINK_GBPS = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the decode instance (cost), or force either",
     )
     parser.add_argument(
-        "--pd-link-gbps", type=float, default=10.0, help="PD: prefill -> decode link, GB/s"
+        "--pd-link-gbps",
+        type=float,
+        default=None,
+        help="PD: prefill -> decode link, GB/s (default: 100 with cuda_ipc, measured on two "
+        "H100s; else 10)",
     )
     parser.add_argument(
         "--pd-link-latency-ms", type=float, default=1.0, help="PD: per-transfer latency, ms"
@@ -119,6 +127,9 @@ def controller_config(args: argparse.Namespace):
 
     slo = None if args.slo_ttft_ms is None else args.slo_ttft_ms / 1000
     policy = PolicyConfig(max_batched_tokens=args.max_num_batched_tokens)
+    link_gbps = args.pd_link_gbps
+    if link_gbps is None:
+        link_gbps = CUDA_IPC_LINK_GBPS if args.kv_transport == "cuda_ipc" else DEFAULT_LINK_GBPS
     return ControllerConfig(
         args.control_address,
         args.routing,
@@ -129,13 +140,13 @@ def controller_config(args: argparse.Namespace):
         control_token=args.control_token,
         pd=PDConfig(
             args.pd_disaggregation,
-            args.pd_link_gbps,
+            link_gbps,
             args.pd_link_latency_ms / 1000,
             max_decode_step_s=args.pd_max_decode_step_ms / 1000,
         ),
         pull=None
         if args.prefix_pull == "off"
-        else PullConfig(args.prefix_pull, args.pd_link_gbps, args.pd_link_latency_ms / 1000),
+        else PullConfig(args.prefix_pull, link_gbps, args.pd_link_latency_ms / 1000),
     )
 
 
