@@ -67,9 +67,10 @@ class CudaIpcTransport(TransportBase):
         # Ordered after whatever the caller already queued (e.g. this layer's attention).
         self._stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._stream):
-            many = len(descs) > self.max_memcpy_descriptors
-            if not (many and copy_ranges(src, dst, descs.src_offsets, descs.dst_offsets,
-                                         descs.nbytes)):  # fmt: skip
+            copied = len(descs) > self.max_memcpy_descriptors and copy_ranges(
+                src, dst, descs.src_offsets, descs.dst_offsets, descs.nbytes
+            )
+            if not copied:  # few ranges (or not whole 8-byte words): one memcpy each
                 for s, d, n in zip(
                     descs.src_offsets.tolist(), descs.dst_offsets.tolist(), descs.nbytes.tolist()
                 ):
