@@ -240,7 +240,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             if not args.fake_workers:
                 state.tokenizer = await asyncio.to_thread(load_server_tokenizer, args.model)
-            await controller.wait_for_instances(num)
+            expected = [i for fleet in fleets for i in fleet.instance_ids]
+            await controller.wait_for_instances(num, expected=expected)
             state.is_ready = True
             elapsed = time.monotonic() - progress.start
             progress.done(

@@ -23,7 +23,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
 import zmq
@@ -126,7 +126,8 @@ class Controller(WorkerLink):
         self._calls: dict[int, asyncio.Future] = {}
         self._call_ids = itertools.count()
         self._tasks: list[asyncio.Task] = []
-        self._changed = asyncio.Event()  # set on every registration or removal
+        self._changed = asyncio.Event()  # set on every registration, removal or start failure
+        self.start_failures: dict[str, str] = {}  # instance id -> why it could not start
         self._fused: tuple[int, list[InstanceRecord]] = (-1, [])  # (registry.version, records)
         # A plain socket read from the event loop (`_drain`): pyzmq's asyncio socket costs a
         # future per message. No send high-water mark: a send never waits or drops (the pyzmq
@@ -153,9 +154,17 @@ class Controller(WorkerLink):
         self._wake()  # frames that arrived before the reader was added
         self._tasks = [asyncio.create_task(self._monitor())]
 
-    async def wait_for_instances(self, num: int, timeout_s: float | None = None) -> None:
+    async def wait_for_instances(
+        self, num: int, timeout_s: float | None = None, expected: Collection[str] = ()
+    ) -> None:
+        """Until `num` instances are registered; RuntimeError as soon as one of the `expected`
+        instance ids reports that it could not start (a fleet that would never be complete)."""
+
         async def wait() -> None:
             while len(self.registry) < num:
+                failed = [f"{i}: {e}" for i, e in self.start_failures.items() if i in expected]
+                if failed:
+                    raise RuntimeError(f"worker failed to start: {'; '.join(failed)}")
                 self._changed.clear()
                 await self._changed.wait()
 

@@ -148,6 +148,9 @@ class WorkerLink:
         if record is None:  # not registered, refused, or already taken out of rotation
             if msg_type == P.FAILED:
                 log.warning("controller: worker %r failed to start: %s", peer, body[-1])
+                instance_id = peer.decode(errors="replace").split("/", 1)[0]
+                self.start_failures[instance_id] = str(body[-1])
+                self._changed.set()
             return
         record.last_heard_s = now  # any message is a sign of life
         if msg_type == P.TOKENS:
