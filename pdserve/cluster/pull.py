@@ -184,4 +184,3 @@ class PrefixPuller:
             pd._reserved.pop(rid, None)
             pd._sent.pop(rid, None)
             self.ctrl._release(rid)
-
