@@ -39,8 +39,9 @@ def test_capture_sizes_cover_every_batch_up_to_the_max():
 
 @pytest.mark.parametrize("num_prompts", [1, 5, 37])
 def test_graph_replay_equals_eager(num_prompts):
+    # Synchronous steps: the logits are recorded on the host-side sampling path.
     kwargs = dict(dtype="float32", num_blocks=2048, max_num_seqs=64, max_model_len=512,
-                  async_scheduling=False)  # fmt: skip (logits are recorded on the sync path)
+                  async_scheduling=False)  # fmt: skip
     graphs = LLM("dummy:tiny-llama3", **kwargs)
     eager = LLM("dummy:tiny-llama3", enforce_eager=True, **kwargs)
     assert graphs.core.executor.graphs is not None
