@@ -168,29 +168,39 @@ def sim_run(requests, profile, args, overheads: dict):
     return simulate(requests, fleet, {"": profile}, {"": 0.0}, config)
 
 
-def calibrate(server: Server, profile, args) -> dict:
-    """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing):
+def calibration_requests(args):
+    return random_workload(args.calibration_requests, args.input_len, args.output_len,
+                           args.range_ratio, args.vocab_size, seed=args.seed + 1000)  # fmt: skip
+
+
+def calibrate(server: Server, profile, args) -> tuple[dict, list[dict]]:
+    """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing);
+    -> (overheads, the real requests' TTFT and TPOT, kept so a re-simulation can redo this)."""
+    real = []
+    for r in calibration_requests(args):  # one at a time: each sent once the last one ended
+        tl = real_run(server, [replace(r, arrival_s=0.0)]).timelines[0]
+        if not tl.is_success:
+            raise RuntimeError(f"calibration request failed: {tl.error}")
+        real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl)})
+    return overheads_from(real, profile, args), real
+
+
+def overheads_from(real: list[dict], profile, args) -> dict:
+    """From the calibration requests' real TTFT and TPOT and their simulation with no overheads:
 
         real TTFT - sim TTFT = request_s                  (front end in and out, per request)
         real TPOT - sim TPOT = step_s                     (worker loop host time, per step)
 
-    The sim side runs the same requests with both at 0; medians resist a noisy box."""
+    Medians resist a noisy box. step_s is negative when the real engine runs steps faster than
+    the profile timed them (the profile times synchronous steps, a GPU server overlaps the
+    host's part); it cannot hide more than that part: bounded by half the profiled fixed cost."""
     zero = {"request_s": 0.0, "step_s": 0.0}
-    reqs = random_workload(args.calibration_requests, args.input_len, args.output_len,
-                           args.range_ratio, args.vocab_size, seed=args.seed + 1000)  # fmt: skip
-    # One at a time: each sent once the previous one surely ended.
     ttft_d, tpot_d = [], []
-    for r in reqs:
-        real = real_run(server, [replace(r, arrival_s=0.0)]).timelines[0]
+    for r, measured in zip(calibration_requests(args), real):
         sim = sim_run([replace(r, arrival_s=0.0)], profile, args, zero).result.timelines[0]
-        if not real.is_success:
-            raise RuntimeError(f"calibration request failed: {real.error}")
-        ttft_d.append(ttft_s(real) - ttft_s(sim))
-        if tpot_s(real) is not None and tpot_s(sim) is not None:
-            tpot_d.append(tpot_s(real) - tpot_s(sim))
-    # Negative when the real engine runs steps faster than the profile timed them: the profile
-    # times synchronous steps, a GPU server overlaps the host's part (async scheduling). It
-    # cannot hide more than the host's part: bounded by half the profiled fixed cost.
+        ttft_d.append(measured["ttft_s"] - ttft_s(sim))
+        if measured["tpot_s"] is not None and tpot_s(sim) is not None:
+            tpot_d.append(measured["tpot_s"] - tpot_s(sim))
     step_s = max(statistics.median(tpot_d), -0.5 * profile.cost.base_s) if tpot_d else 0.0
     # The first token's step (one prefill step) also carries the per-step host time.
     request_s = max(statistics.median(ttft_d) - step_s, 0.0)
@@ -222,6 +232,8 @@ def resimulate(path: Path, step_overhead_ms: float | None = None) -> None:
     profile = replace(Profile.from_dict(profile_dict), cost=cost)
     print(f"refitted {profile.name}: {cost}")
     overheads = dict(rec["overheads_s"])
+    if rec.get("calibration_real"):  # redo the calibration with the refitted profile
+        overheads = overheads_from(rec["calibration_real"], profile, args)
     if step_overhead_ms is not None:
         overheads["step_s"] = step_overhead_ms / 1e3
     print(f"overheads: {overheads}")
@@ -316,11 +328,9 @@ def main() -> None:
         # Warm-up: every prompt length of the workload once (new ids), all at once: first-time
         # costs per shape (kernel selection, compilation, graph capture) are not measured.
         real_run(server, fresh_tokens(base, args.seed + 2000, args.vocab_size))
-        overheads = (
-            {"request_s": 0.0, "step_s": 0.0}
-            if args.no_calibrate
-            else calibrate(server, profile, args)
-        )
+        overheads, calibration = {"request_s": 0.0, "step_s": 0.0}, []
+        if not args.no_calibrate:
+            overheads, calibration = calibrate(server, profile, args)
         print(f"overheads: front end {overheads['request_s'] * 1e3:.2f} ms per request, "
               f"worker loop {overheads['step_s'] * 1e3:.2f} ms per step", flush=True)  # fmt: skip
         points = []
@@ -352,6 +362,7 @@ def main() -> None:
         "profile": str(profile_path),
         "profile_cost": profile.cost.to_dict(),
         "overheads_s": overheads,
+        "calibration_real": calibration,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "cpu_count": os.cpu_count(),
