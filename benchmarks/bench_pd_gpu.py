@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,8 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdserve.bench.arrivals import with_arrivals  # noqa: E402
-from pdserve.bench.client import ClientConfig, run_load  # noqa: E402
-from pdserve.bench.workload import BenchRequest, random_workload, shared_prefix_workload  # noqa: E402
+from pdserve.bench.server_process import ServerProcess  # noqa: E402
+from pdserve.bench.workload import (  # noqa: E402
+    BenchRequest,
+    random_workload,
+    shared_prefix_workload,
+    with_fresh_prompts,
+)
 from pdserve.metrics import summarize, ttft_s  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "."))
@@ -66,85 +69,34 @@ MEASURES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_fleet(part: str, args, extra: list[str]) -> ServerProcess:
+    """`pdserve up` with the part's fleet flags, its output in $OUT/fleet-<part>.log."""
+    flags = [args.pd_transport if f == "cuda_ipc" else f for f in FLEETS[part]]
+    cmd = [sys.executable, "-m", "pdserve", "up", args.model, *flags, *extra,
+           "--max-model-len", str(args.max_model_len),
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+           "--heartbeat-timeout-s", "10"]  # fmt: skip
+    print(f"[{part}] {' '.join(cmd[1:])}", flush=True)
+    with open(OUT / f"fleet-{part}.log", "w") as log:  # the child keeps its own descriptor
+        return ServerProcess(cmd, log=log, start_timeout_s=args.start_timeout_s, label=part)
 
 
-class Fleet:
-    """`pdserve up ...` as a subprocess, healthy and serving `model` once constructed."""
-
-    def __init__(self, part: str, args, extra: list[str]):
-        import httpx
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        flags = [args.pd_transport if f == "cuda_ipc" else f for f in FLEETS[part]]
-        cmd = [sys.executable, "-m", "pdserve", "up", args.model, *flags, *extra,
-               "--port", str(self.port), "--max-model-len", str(args.max_model_len),
-               "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-               "--heartbeat-timeout-s", "10"]  # fmt: skip
-        self.part = part
-        self.command = " ".join(cmd[1:])
-        print(f"[{part}] {self.command}", flush=True)
-        self.log = open(OUT / f"fleet-{part}.log", "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        start = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"[{part}] pdserve up exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - start > args.start_timeout_s:
-                self.stop()
-                raise RuntimeError(f"[{part}] not healthy after {args.start_timeout_s} s")
-            time.sleep(1)
-        self.start_s = time.monotonic() - start
-        self.model = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
-
-    def run(self, requests: list[BenchRequest]):
-        config = ClientConfig(self.url, self.model, prompt_format="tokens", show_progress=False)
-        return run_load(requests, config)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-def fresh(requests: list[BenchRequest], seed: int, vocab: int, tag: str) -> list[BenchRequest]:
-    """The same lengths with never-seen prompt ids (no prefix hits across runs)."""
-    import random
-
-    rng = random.Random(seed)
-    return [replace(r, request_id=f"{r.request_id}-{tag}",
-                    prompt_token_ids=tuple(rng.randrange(10, vocab) for _ in range(r.prompt_len)))
-            for r in requests]  # fmt: skip
-
-
-def warm_up(fleet: Fleet, args) -> None:
+def warm_up(fleet: ServerProcess, args) -> None:
     """Every length the measures use, a few at once and one alone, on throwaway prompts."""
     lens = sorted({*args.ttft_lens, args.mix_input_len // 2, args.mix_input_len * 3 // 2})
     reqs = [BenchRequest(f"warm-{n}-{i}", (), 16, arrival_s=0.0) for n in lens for i in range(2)]
     reqs = [replace(r, prompt_token_ids=(0,) * int(r.request_id.split("-")[1])) for r in reqs]
-    fleet.run(fresh(reqs, 7, args.vocab_size, "warm"))
-    fleet.run(fresh(reqs[:1], 8, args.vocab_size, "warm1"))
+    fleet.run(with_fresh_prompts(reqs, 7, args.vocab_size, "warm"))
+    fleet.run(with_fresh_prompts(reqs[:1], 8, args.vocab_size, "warm1"))
 
 
-def idle_ttft(fleet: Fleet, args) -> list[dict]:
+def idle_ttft(fleet: ServerProcess, args) -> list[dict]:
     rows = []
     for n in args.ttft_lens:
         samples = []
         for k in range(args.ttft_repeats + 1):
             req = BenchRequest(f"ttft-{n}-{k}", (0,) * n, 2, arrival_s=0.0)
-            run = fleet.run(fresh([req], 100 * n + k, args.vocab_size, f"t{k}"))
+            run = fleet.run(with_fresh_prompts([req], 100 * n + k, args.vocab_size, f"t{k}"))
             tl = run.timelines[0]
             if not tl.is_success:
                 raise RuntimeError(f"TTFT request of {n} tokens failed: {tl.error}")
@@ -157,14 +109,16 @@ def idle_ttft(fleet: Fleet, args) -> list[dict]:
     return rows
 
 
-def goodput_sweep(fleet: Fleet, args) -> dict:
+def goodput_sweep(fleet: ServerProcess, args) -> dict:
     slos = {"ttft": args.slo_ttft_ms / 1e3, "tpot": args.slo_tpot_ms / 1e3}
     base = random_workload(args.mix_requests, args.mix_input_len, args.mix_output_len, 0.5,
                            args.vocab_size, seed=1)  # fmt: skip
     points, misses = [], 0
     for k, rate in enumerate(args.rates):
-        reqs = fresh(with_arrivals(base, rate, seed=k), 1000 + k, args.vocab_size, f"g{k}")
-        probes = diagnose(fleet, f"{fleet.part}-rate{rate:g}") if rate in args.diagnose else []
+        reqs = with_fresh_prompts(
+            with_arrivals(base, rate, seed=k), 1000 + k, args.vocab_size, f"g{k}"
+        )
+        probes = diagnose(fleet, f"{fleet.label}-rate{rate:g}") if rate in args.diagnose else []
         run = fleet.run(reqs)
         for probe in probes:
             probe.wait()
@@ -181,7 +135,7 @@ def goodput_sweep(fleet: Fleet, args) -> dict:
             "goodput_rps": max(ok, default=0.0), "points": points}  # fmt: skip
 
 
-def diagnose(fleet: Fleet, tag: str, delay_s: float = 3.0, seconds: int = 6) -> list:
+def diagnose(fleet: ServerProcess, tag: str, delay_s: float = 3.0, seconds: int = 6) -> list:
     """In the background, from `delay_s` into a run: py-spy on every worker process (where it is
     installed and allowed) and nvidia-smi's utilization per GPU, into $OUT/diag-<tag>-*."""
     pids = subprocess.run(["pgrep", "-P", str(fleet.proc.pid)], capture_output=True,
@@ -203,7 +157,7 @@ def py_spy() -> str:
     return found or "py-spy"
 
 
-def prefix_run(fleet: Fleet, args) -> dict:
+def prefix_run(fleet: ServerProcess, args) -> dict:
     reqs = shared_prefix_workload(args.prefix_groups, args.prefix_questions, args.prefix_system_len,
                                   args.prefix_question_len, args.prefix_output_len,
                                   args.vocab_size, seed=3)  # fmt: skip
@@ -216,7 +170,7 @@ def prefix_run(fleet: Fleet, args) -> dict:
     return s
 
 
-def cluster_prefix_hits(fleet: Fleet) -> float:
+def cluster_prefix_hits(fleet: ServerProcess) -> float:
     """The controller's cluster prefix-hit tokens (all instances) from /metrics."""
     import httpx
 
@@ -293,12 +247,12 @@ def main() -> None:
         entry: dict = {}
         result["parts"][part] = entry
         try:
-            fleet = Fleet(part, args, extra)
+            fleet = start_fleet(part, args, extra)
         except Exception as e:
             entry["error"] = str(e)
             print(f"[{part}] {e}", flush=True)
             continue
-        entry.update(command=fleet.command, start_s=fleet.start_s)
+        entry.update(command=" ".join(fleet.cmd[1:]), start_s=fleet.start_s)
         try:
             warm_up(fleet, args)
             for measure in (m for m in MEASURES[part] if m not in args.skip):

@@ -29,12 +29,9 @@ import argparse
 import json
 import math
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,16 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdserve.bench.arrivals import with_arrivals  # noqa: E402
-from pdserve.bench.workload import random_workload  # noqa: E402
+from pdserve.bench.server_process import ServerProcess  # noqa: E402
+from pdserve.bench.workload import random_workload, with_fresh_prompts  # noqa: E402
 from pdserve.metrics import summarize, tpot_s, ttft_s  # noqa: E402
 
 METRICS = ("ttft", "tpot")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_flags(args) -> list[str]:
@@ -90,67 +82,20 @@ def _env(args) -> dict:
     return env
 
 
-class Server:
-    """`pdserve serve` (one instance) or `pdserve up --instances N`, as a subprocess."""
-
-    def __init__(self, args):
-        import httpx
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "pdserve"]
-        if args.instances == 1:
-            cmd += ["serve"]
-        else:
-            # A loaded box delays heartbeats: a short timeout takes workers out of rotation.
-            cmd += ["up", "--instances", str(args.instances), "--routing", args.routing,
-                    "--heartbeat-timeout-s", str(args.heartbeat_timeout_s)]  # fmt: skip
-        cmd += ["--port", str(self.port), *engine_flags(args)]
-        if args.threads:
-            cmd += ["--worker-threads", str(args.threads)]
-        print("server:", " ".join(cmd[1:]), flush=True)
-        self.proc = subprocess.Popen(cmd, env=_env(args), stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + args.start_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with code {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not become healthy")
-            time.sleep(0.5)
-        self.model = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def fresh_tokens(requests, seed: int, vocab_size: int):
-    """The same requests (lengths, arrivals) with new random prompt ids: the real server keeps
-    its prefix cache between runs, so a prompt sent twice would hit it there and not in a
-    fresh simulation."""
-    import random
-
-    rng = random.Random(seed)
-    return [replace(r, request_id=f"{r.request_id}-s{seed}",
-                    prompt_token_ids=tuple(rng.randrange(10, vocab_size)
-                                           for _ in range(r.prompt_len)))
-            for r in requests]  # fmt: skip
-
-
-def real_run(server: Server, requests):
-    from pdserve.bench.client import ClientConfig, run_load
-
-    config = ClientConfig(server.url, server.model, prompt_format="tokens", show_progress=False)
-    return run_load(requests, config)
+def start_server(args) -> ServerProcess:
+    """`pdserve serve` (one instance) or `pdserve up --instances N`."""
+    cmd = [sys.executable, "-m", "pdserve"]
+    if args.instances == 1:
+        cmd += ["serve"]
+    else:
+        # A loaded box delays heartbeats: a short timeout takes workers out of rotation.
+        cmd += ["up", "--instances", str(args.instances), "--routing", args.routing,
+                "--heartbeat-timeout-s", str(args.heartbeat_timeout_s)]  # fmt: skip
+    cmd += engine_flags(args)
+    if args.threads:
+        cmd += ["--worker-threads", str(args.threads)]
+    print("server:", " ".join(cmd[1:]), flush=True)
+    return ServerProcess(cmd, env=_env(args), start_timeout_s=args.start_timeout_s)
 
 
 def sim_run(requests, profile, args, overheads: dict):
@@ -173,12 +118,12 @@ def calibration_requests(args):
                            args.range_ratio, args.vocab_size, seed=args.seed + 1000)  # fmt: skip
 
 
-def calibrate(server: Server, profile, args) -> tuple[dict, list[dict]]:
+def calibrate(server: ServerProcess, profile, args) -> tuple[dict, list[dict]]:
     """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing);
     -> (overheads, the real requests' TTFT and TPOT, kept so a re-simulation can redo this)."""
     real = []
     for r in calibration_requests(args):  # one at a time: each sent once the last one ended
-        tl = real_run(server, [replace(r, arrival_s=0.0)]).timelines[0]
+        tl = server.run([replace(r, arrival_s=0.0)]).timelines[0]
         if not tl.is_success:
             raise RuntimeError(f"calibration request failed: {tl.error}")
         real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl)})
@@ -241,7 +186,7 @@ def resimulate(path: Path, step_overhead_ms: float | None = None) -> None:
                            args.range_ratio, args.vocab_size, seed=args.seed)  # fmt: skip
     points = []
     for k, point in enumerate(rec["points"]):
-        requests = fresh_tokens(with_arrivals(base, point["rate"], seed=args.seed),
+        requests = with_fresh_prompts(with_arrivals(base, point["rate"], seed=args.seed),
                                 args.seed + k, args.vocab_size)  # fmt: skip
         sim = sim_run(requests, profile, args, overheads)
         s = summarize(sim.result.timelines, sim.result.duration_s, percentiles=(50, 90)).to_dict()
@@ -321,13 +266,13 @@ def main() -> None:
     print(f"profile {profile.name}: {profile.cost}", flush=True)
 
     load_before = os.getloadavg()
-    server = Server(args)
+    server = start_server(args)
     try:
         base = random_workload(args.num_prompts, args.input_len, args.output_len,
                                args.range_ratio, args.vocab_size, seed=args.seed)  # fmt: skip
         # Warm-up: every prompt length of the workload once (new ids), all at once: first-time
         # costs per shape (kernel selection, compilation, graph capture) are not measured.
-        real_run(server, fresh_tokens(base, args.seed + 2000, args.vocab_size))
+        server.run(with_fresh_prompts(base, args.seed + 2000, args.vocab_size))
         overheads, calibration = {"request_s": 0.0, "step_s": 0.0}, []
         if not args.no_calibrate:
             overheads, calibration = calibrate(server, profile, args)
@@ -336,9 +281,9 @@ def main() -> None:
         points = []
         for k, rate in enumerate(float(r) for r in args.rates.split(",")):
             # Same lengths and arrival process at every rate, never-seen prompts (no prefix hits).
-            requests = fresh_tokens(with_arrivals(base, rate, seed=args.seed), args.seed + k,
+            requests = with_fresh_prompts(with_arrivals(base, rate, seed=args.seed), args.seed + k,
                                     args.vocab_size)  # fmt: skip
-            real = real_run(server, requests)
+            real = server.run(requests)
             real_summary = summarize(real.timelines, real.duration_s, percentiles=(50, 90))
             sim = sim_run(requests, profile, args, overheads)
             sim_summary = summarize(sim.result.timelines, sim.result.duration_s,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MIN_TOKEN_ID = 10
 # ShareGPT targets, from the conversations the field's serving benchmarks sample (vLLM's
@@ -213,3 +213,17 @@ def w1_nano_workload(num_requests: int = W1_NUM_REQUESTS) -> list[BenchRequest]:
     """
     rng, prompts = _w1_prompts(num_requests)
     return [BenchRequest(f"w1nano-{i}", p, rng.randint(100, 1024)) for i, p in enumerate(prompts)]
+
+
+def with_fresh_prompts(
+    requests: list[BenchRequest], seed: int, vocab_size: int, tag: str | None = None
+) -> list[BenchRequest]:
+    """The same requests (lengths, arrivals) with new random prompt ids and ids suffixed `-tag`
+    (default `s<seed>`): a server keeps its prefix cache between runs, so a prompt sent twice
+    would hit it there (and not in a fresh simulation)."""
+    rng = random.Random(seed)
+    suffix = tag if tag is not None else f"s{seed}"
+    return [replace(r, request_id=f"{r.request_id}-{suffix}",
+                    prompt_token_ids=tuple(rng.randrange(MIN_TOKEN_ID, vocab_size)
+                                           for _ in range(r.prompt_len)))
+            for r in requests]  # fmt: skip

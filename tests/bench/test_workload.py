@@ -143,3 +143,20 @@ def test_trace_bad_line_names_the_line(tmp_path):
 def test_text_prompt_has_one_word_per_token_id():
     text = ids_to_text([0, 1, 2, 300])
     assert len(text.split()) == 4 and text == ids_to_text([0, 1, 2, 300])
+
+
+def test_fresh_prompts_keep_lengths_and_arrivals_with_new_ids():
+    from dataclasses import replace
+
+    from pdserve.bench.workload import with_fresh_prompts
+
+    base = [replace(r, arrival_s=0.5 * i) for i, r in enumerate(random_workload(5, 20, 4))]
+    fresh = with_fresh_prompts(base, seed=3, vocab_size=100)
+    assert [(r.prompt_len, r.output_len, r.arrival_s) for r in fresh] == [
+        (r.prompt_len, r.output_len, r.arrival_s) for r in base
+    ]
+    assert [r.request_id for r in fresh] == [f"{r.request_id}-s3" for r in base]
+    assert all(10 <= t < 100 for r in fresh for t in r.prompt_token_ids)
+    assert all(f.prompt_token_ids != b.prompt_token_ids for f, b in zip(fresh, base))
+    assert with_fresh_prompts(base, seed=3, vocab_size=100) == fresh
+    assert [r.request_id for r in with_fresh_prompts(base, 3, 100, tag="w")][0].endswith("-w")
