@@ -28,6 +28,11 @@ from pdserve.kvxfer.copy_kernel import copy_ranges
 from pdserve.kvxfer.spec import Direction, PeerMetadata
 
 
+# Where `rebuild_cuda_tensor`'s arguments (from `reduce_tensor`) name the device whose context
+# opens the handle: tensor class, size, stride, offset, storage class, dtype, storage device.
+_STORAGE_DEVICE_ARG = 6
+
+
 class CudaIpcTransport(TransportBase):
     kind = "cuda_ipc"
 
@@ -57,7 +62,7 @@ class CudaIpcTransport(TransportBase):
         # Rebuilding opens the handle: the peer's memory is mapped here, no bytes move. It is
         # refused in the process that owns the memory (use the in-process transport there).
         args = list(meta.backend["args"])
-        args[6] = self._local.device.index  # storage_device: open it in this device's context
+        args[_STORAGE_DEVICE_ARG] = self._local.device.index  # open it in this device's context
         peer_cache = meta.backend["rebuild"](*args)
         return peer_cache.view(-1).view(torch.uint8)
 
