@@ -27,7 +27,6 @@ from pdserve.kvxfer.coalesce import Descriptors
 from pdserve.kvxfer.copy_kernel import copy_ranges
 from pdserve.kvxfer.spec import Direction, PeerMetadata
 
-
 # Where `rebuild_cuda_tensor`'s arguments (from `reduce_tensor`) name the device whose context
 # opens the handle: tensor class, size, stride, offset, storage class, dtype, storage device.
 _STORAGE_DEVICE_ARG = 6
