@@ -26,6 +26,8 @@ its workers, the client and other work share the cores: note the load with the f
 from __future__ import annotations
 
 import argparse
+import asyncio
+import glob
 import json
 import math
 import os
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdserve.bench.arrivals import with_arrivals  # noqa: E402
+from pdserve.bench.client import ClientConfig, LoadGenerator  # noqa: E402
 from pdserve.bench.server_process import ServerProcess  # noqa: E402
 from pdserve.bench.workload import random_workload, with_fresh_prompts  # noqa: E402
 from pdserve.metrics import summarize, tpot_s, ttft_s  # noqa: E402
@@ -75,14 +78,58 @@ def measure_profile(args, path: Path) -> None:
     subprocess.run(cmd, check=True, env=_env(args), timeout=3600)
 
 
-def _env(args) -> dict:
+def _env(args, step_trace: str = "") -> dict:
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    if step_trace:  # each worker appends its steps to STEP_TRACE.<instance id>
+        env["PDSERVE_STEP_TRACE"] = step_trace
     return env
 
 
-def start_server(args) -> ServerProcess:
+class StepTraceReader:
+    """The workers' step-trace files (`PDSERVE_STEP_TRACE`): the lines added since the last
+    read, times moved onto a client run's clock."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.offsets: dict[str, int] = {}
+
+    def read(self, t0: float) -> dict:
+        steps, submits = {}, {}
+        for path in sorted(glob.glob(self.prefix + ".*")):
+            with open(path) as f:
+                f.seek(self.offsets.get(path, 0))
+                lines = f.readlines()
+                self.offsets[path] = f.tell()
+            worker = path.rsplit(".", 1)[1]
+            steps[worker], submits[worker] = [], []
+            for line in lines:
+                d = json.loads(line)
+                if "submit" in d:  # [time, prompt length, request id]
+                    submits[worker].append([d["t"] - t0, d["prompt_len"], d["submit"]])
+                elif d["shape"] is not None:  # [start, end, 4 shape ints, in flight, first ids]
+                    steps[worker].append([d["t0"] - t0, d["t1"] - t0, *d["shape"],
+                                          int(d["in_flight"]), d["first"]])  # fmt: skip
+        return {"steps": steps, "submits": submits}
+
+
+def run_client(server: ServerProcess, requests) -> tuple:
+    """The requests through the bench client (as `ServerProcess.run`); -> (RunResult, the
+    client's clock at the run's start, to put worker traces on the run's clock)."""
+    gen = LoadGenerator(ClientConfig(server.url, server.model, prompt_format="tokens",
+                                     show_progress=False))  # fmt: skip
+    result = asyncio.run(gen.run(requests))
+    return result, gen._t0  # perf_counter: CLOCK_MONOTONIC, as the workers' time.monotonic
+
+
+def per_request(timelines) -> list[list]:
+    """[send, prompt len, TTFT, TPOT, output tokens, first token, end] per request (seconds)."""
+    return [[tl.send_s, tl.prompt_len, ttft_s(tl), tpot_s(tl), tl.num_output_tokens,
+             tl.first_token_s, tl.end_s] for tl in timelines]  # fmt: skip
+
+
+def start_server(args, step_trace: str = "") -> ServerProcess:
     """`pdserve serve` (one instance) or `pdserve up --instances N`."""
     cmd = [sys.executable, "-m", "pdserve"]
     if args.instances == 1:
@@ -95,10 +142,10 @@ def start_server(args) -> ServerProcess:
     if args.threads:
         cmd += ["--worker-threads", str(args.threads)]
     print("server:", " ".join(cmd[1:]), flush=True)
-    return ServerProcess(cmd, env=_env(args), start_timeout_s=args.start_timeout_s)
+    return ServerProcess(cmd, env=_env(args, step_trace), start_timeout_s=args.start_timeout_s)
 
 
-def sim_run(requests, profile, args, overheads: dict):
+def sim_run(requests, profile, args, overheads: dict, trace: bool = False):
     from pdserve.cluster.policies import PolicyConfig
     from pdserve.sim.cluster import SimConfig
     from pdserve.sim.run import simulate
@@ -109,8 +156,22 @@ def sim_run(requests, profile, args, overheads: dict):
         policy=PolicyConfig(seed=args.seed),
         request_overhead_s=overheads["request_s"],
         step_overhead_s=overheads["step_s"],
+        trace=trace,
     )
     return simulate(requests, fleet, {"": profile}, {"": 0.0}, config)
+
+
+def sim_steps(sim) -> dict:
+    """The simulated steps per instance: [start, end, prefill tokens, decode seqs]."""
+    steps: dict[str, list] = {}
+    names = {i.index: i.instance_id for i in sim.result.instances}
+    for ev in sim.result.trace or ():
+        if ev.get("ph") == "X" and ev.get("tid") == 0:
+            a = ev["args"]
+            steps.setdefault(names[ev["pid"]], []).append(
+                [ev["ts"] / 1e6, (ev["ts"] + ev["dur"]) / 1e6, a["prefill_tokens"],
+                 a["decode_seqs"]])  # fmt: skip
+    return steps
 
 
 def calibration_requests(args):
@@ -118,15 +179,17 @@ def calibration_requests(args):
                            args.range_ratio, args.vocab_size, seed=args.seed + 1000)  # fmt: skip
 
 
-def calibrate(server: ServerProcess, profile, args) -> tuple[dict, list[dict]]:
+def calibrate(server: ServerProcess, profile, args, trace=None) -> tuple[dict, list[dict]]:
     """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing);
     -> (overheads, the real requests' TTFT and TPOT, kept so a re-simulation can redo this)."""
     real = []
     for r in calibration_requests(args):  # one at a time: each sent once the last one ended
-        tl = server.run([replace(r, arrival_s=0.0)]).timelines[0]
+        result, t0 = run_client(server, [replace(r, arrival_s=0.0)])
+        tl = result.timelines[0]
         if not tl.is_success:
             raise RuntimeError(f"calibration request failed: {tl.error}")
-        real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl)})
+        real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl), "request": per_request([tl])[0],
+                     **(trace.read(t0) if trace else {})})  # fmt: skip
     return overheads_from(real, profile, args), real
 
 
@@ -150,6 +213,76 @@ def overheads_from(real: list[dict], profile, args) -> dict:
     # The first token's step (one prefill step) also carries the per-step host time.
     request_s = max(statistics.median(ttft_d) - step_s, 0.0)
     return {"request_s": request_s, "step_s": step_s}
+
+
+def _median(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else math.nan
+
+
+def breakdown(point: dict, cost) -> dict:
+    """Where the real run's time went, from the worker step trace, against the cost model:
+
+    step: each step's real time (sync: its step() call; async: from the collect before to the
+    collect of its plan, back-to-back steps only) minus the model's time for its shape, decode-only
+    and prefill steps apart; gap: worker loop time between step() calls while busy;
+    front_in / front_out: client send -> worker submit, worker first token -> client; engine:
+    worker submit -> the step() that returned the first token. Medians, ms."""
+    from pdserve.cluster.cost_model import StepShape
+
+    out: dict[str, list] = {"decode_step": [], "prefill_step": [], "decode_model": [],
+                            "prefill_model": [], "gap": [], "front_in": [], "front_out": [],
+                            "engine": [], "engine_wait": []}  # fmt: skip
+    first_end, submit_at = {}, {}
+    trace = point["real_trace"]
+    for worker, steps in trace["steps"].items():
+        for i, st in enumerate(steps):
+            t0, t1, shape, in_flight, first = st[0], st[1], StepShape(*st[2:6]), st[6], st[7]
+            for rid in first:
+                first_end[rid] = t1
+            if i == 0 or t0 - steps[i - 1][1] > 0.005:  # the loop was idle before: no pace
+                continue
+            out["gap"].append(t0 - steps[i - 1][1])
+            if in_flight:  # async: this plan is collected by the next step() call
+                if i + 1 >= len(steps) or steps[i + 1][0] - t1 > 0.005:
+                    continue
+                real_s = steps[i + 1][1] - t1
+            else:
+                real_s = t1 - t0
+            kind = "prefill" if shape.num_prefill_tokens else "decode"
+            out[f"{kind}_step"].append(real_s)
+            out[f"{kind}_model"].append(real_s - cost.step_time(shape))
+        for t, _, rid in trace["submits"][worker]:
+            submit_at[rid] = t
+    # The client's requests and the workers' submits, both in send order (same prompt lengths)
+    subs = sorted((t, n, rid) for w in trace["submits"].values() for t, n, rid in w)
+    reqs = sorted(point["real_requests"], key=lambda r: r[0])
+    for (t_sub, n, rid), r in zip(subs, reqs):
+        if n != r[1] or r[5] is None or rid not in first_end:
+            continue
+        out["front_in"].append(t_sub - r[0])
+        out["front_out"].append(r[5] - first_end[rid])
+        out["engine"].append(first_end[rid] - t_sub)
+    return {k: _median(v) * 1e3 for k, v in out.items()} | {
+        "num_decode_steps": len(out["decode_step"]),
+        "num_prefill_steps": len(out["prefill_step"]),
+        "num_matched_requests": len(out["engine"]),
+    }
+
+
+def print_breakdown(point: dict, profile) -> None:
+    b = point["breakdown"] = breakdown(point, profile.cost)
+    sim = [st for steps in point["sim_steps"].values() for st in steps]
+    dec = [e - s for s, e, p, _ in sim if not p]
+    pre = [e - s for s, e, p, _ in sim if p]
+    print(
+        f"  real steps: decode {b['decode_step']:.2f} ms (real - model {b['decode_model']:+.2f}, "
+        f"{b['num_decode_steps']} steps), prefill {b['prefill_step']:.2f} ms "
+        f"({b['prefill_model']:+.2f}, {b['num_prefill_steps']}); loop gap {b['gap']:.2f} ms; "
+        f"sim steps: decode {_median(dec) * 1e3:.2f}, prefill {_median(pre) * 1e3:.2f} ms"
+    )
+    print(f"  real TTFT parts: front in {b['front_in']:.2f} ms, engine {b['engine']:.2f} ms, "
+          f"front out {b['front_out']:.2f} ms ({b['num_matched_requests']} requests)")  # fmt: skip
 
 
 def row(metric: str, stat: str, real: dict, sim: dict) -> dict:
@@ -229,6 +362,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-calibrate", action="store_true", help="no front-end / loop overheads")
     p.add_argument("--calibration-requests", type=int, default=6)
+    p.add_argument("--no-step-trace", dest="step_trace", action="store_false",
+                   help="no worker step trace ($PDSERVE_STEP_TRACE) in the JSON")  # fmt: skip
     p.add_argument("--start-timeout-s", type=float, default=600.0)
     p.add_argument("--heartbeat-timeout-s", type=float, default=5.0, help="pdserve up's")
     p.add_argument("--result-dir", default=str(ROOT / "docs/results/sim_fidelity"))
@@ -266,16 +401,20 @@ def main() -> None:
     print(f"profile {profile.name}: {profile.cost}", flush=True)
 
     load_before = os.getloadavg()
-    server = start_server(args)
+    trace_prefix = str(out / f".step-trace-{label}-{os.getpid()}")
+    trace = StepTraceReader(trace_prefix) if args.step_trace else None
+    server = start_server(args, trace_prefix if trace else "")
     try:
         base = random_workload(args.num_prompts, args.input_len, args.output_len,
                                args.range_ratio, args.vocab_size, seed=args.seed)  # fmt: skip
         # Warm-up: every prompt length of the workload once (new ids), all at once: first-time
         # costs per shape (kernel selection, compilation, graph capture) are not measured.
         server.run(with_fresh_prompts(base, args.seed + 2000, args.vocab_size))
+        if trace:
+            trace.read(0.0)  # drop the warm-up's steps
         overheads, calibration = {"request_s": 0.0, "step_s": 0.0}, []
         if not args.no_calibrate:
-            overheads, calibration = calibrate(server, profile, args)
+            overheads, calibration = calibrate(server, profile, args, trace)
         print(f"overheads: front end {overheads['request_s'] * 1e3:.2f} ms per request, "
               f"worker loop {overheads['step_s'] * 1e3:.2f} ms per step", flush=True)  # fmt: skip
         points = []
@@ -283,22 +422,32 @@ def main() -> None:
             # Same lengths and arrival process at every rate, never-seen prompts (no prefix hits).
             requests = with_fresh_prompts(with_arrivals(base, rate, seed=args.seed), args.seed + k,
                                     args.vocab_size)  # fmt: skip
-            real = server.run(requests)
+            real, t0 = run_client(server, requests)
             real_summary = summarize(real.timelines, real.duration_s, percentiles=(50, 90))
-            sim = sim_run(requests, profile, args, overheads)
+            sim = sim_run(requests, profile, args, overheads, trace=True)
             sim_summary = summarize(sim.result.timelines, sim.result.duration_s,
                                     percentiles=(50, 90))  # fmt: skip
             r, s = real_summary.to_dict(), sim_summary.to_dict()
             rows = [row(m, stat, r, s) for m in METRICS for stat in ("mean", "p90")]
-            points.append({"rate": rate, "rows": rows, "real": r, "sim": s})
+            point = {"rate": rate, "rows": rows, "real": r, "sim": s,
+                     "real_requests": per_request(real.timelines),
+                     "sim_requests": per_request(sim.result.timelines),
+                     "sim_steps": sim_steps(sim)}  # fmt: skip
+            if trace:
+                point["real_trace"] = trace.read(t0)
+            points.append(point)
             print(f"\nrate {rate:g} req/s: {r['completed']}/{r['num_requests']} real completed, "
                   f"{s['completed']} sim", flush=True)  # fmt: skip
             print(f"  {'':18s} {'real':>9s} {'sim':>9s} {'error':>8s}")
             for x in rows:
                 print(f"  {x['metric']:18s} {x['real']:9.1f} {x['sim']:9.1f} "
                       f"{x['error_pct']:+7.1f}%")  # fmt: skip
+            if trace:
+                print_breakdown(point, profile)
     finally:
         server.stop()
+        for path in glob.glob(trace_prefix + ".*"):
+            os.remove(path)
     load_after = os.getloadavg()
     result = {
         "label": label,
@@ -306,6 +455,7 @@ def main() -> None:
         "args": vars(args),
         "profile": str(profile_path),
         "profile_cost": profile.cost.to_dict(),
+        "profile_data": json.loads(profile_path.read_text()),  # samples: --resim refits them
         "overheads_s": overheads,
         "calibration_real": calibration,
         "loadavg_before": load_before,

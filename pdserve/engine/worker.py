@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import collections
+import json
 import os
 import signal
 import sys
@@ -46,6 +47,9 @@ class Worker:
         self.num_steps = 0
         self.is_stopping = False
         self._next_heartbeat = 0.0
+        # Profiling only ($PDSERVE_STEP_TRACE): one JSON line per submit and per step() call.
+        self.step_trace = None
+        self._no_token_yet: set[str] = set()  # traced requests whose first token is to come
 
     def send(self, msg_type: str, *body) -> None:
         self.sock.send(P.pack(msg_type, *body))
@@ -60,6 +64,8 @@ class Worker:
             try:
                 self.core.add_request(req)
                 self.arrivals[req.request_id] = req.arrival_s
+                if self.step_trace is not None:
+                    self._trace_submit(req)
             except ValueError as e:
                 self.send(P.REJECT, req.request_id, str(e))
         elif msg_type == P.ABORT:
@@ -131,9 +137,34 @@ class Worker:
                 self.arrivals.pop(ev.request_id, None)
         if events:
             self.send(P.TOKENS, [P.encode_event(ev) for ev in events])
+        if self.step_trace is not None:
+            self._trace_step(start, plan, events)
         if self.handoff is not None:
             self.handoff.on_events(events)
         self.publish_kv_events()
+
+    def _trace_submit(self, req) -> None:
+        self._no_token_yet.add(req.request_id)
+        line = {
+            "submit": req.request_id,
+            "t": req.arrival_s,
+            "prompt_len": len(req.prompt_token_ids),
+        }
+        self.step_trace.write(json.dumps(line) + "\n")
+
+    def _trace_step(self, start: float, plan, events) -> None:
+        """step() from `start` to now ran `plan` (under async scheduling: launched it, and
+        collected the plan before); `first`: requests whose first token it returned."""
+        from pdserve.cluster.cost_model import shape_of
+
+        first = [ev.request_id for ev in events
+                 if ev.new_token_ids and ev.request_id in self._no_token_yet]  # fmt: skip
+        self._no_token_yet.difference_update(first)
+        self.step_trace.write(json.dumps({
+            "t0": start, "t1": self.core.clock(), "step_id": plan.step_id if plan else None,
+            "shape": list(shape_of(plan).features()[1:]) if plan else None,
+            "in_flight": self.core.has_step_in_flight, "num_events": len(events), "first": first,
+        }) + "\n")  # fmt: skip
 
     def publish_handoff(self) -> None:
         reservations = self.handoff.drain_reservations()
@@ -252,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     engine.core.instance_id = args.instance_id
     worker = Worker(sock, engine, info, args.heartbeat_s, handoff)
     from pdserve.config import env_str
+
+    trace_path = env_str("PDSERVE_STEP_TRACE")
+    if trace_path:  # line-buffered: the lines survive a killed worker; closed at exit
+        worker.step_trace = open(f"{trace_path}.{args.instance_id}", "a", buffering=1)  # noqa: SIM115
 
     worker.send(
         P.REGISTER,
