@@ -19,7 +19,7 @@ Measures:
   goodput      the prefill-heavy mix (prompts uniform [0.5, 1.5] x `--mix-input-len`, outputs
                x `--mix-output-len`), Poisson arrivals, rates ascending until two miss; goodput
                = highest rate with >= `--attainment` of requests meeting TTFT and TPOT SLOs
-  shared-prefix  G system prompts x P questions (interleaved), Poisson at `--prefix-rate`; each
+  shared-prefix  G system prompts x P questions in random order, Poisson at `--prefix-rate`; each
                worker's KV pool holds about `--prefix-cache-fraction` of the system prompts, so
                where a request lands decides whether its prefix is cached
 Prints a table and writes JSON (one file per run, every part's rows) to $OUT (default .).
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -161,6 +162,9 @@ def prefix_run(fleet: ServerProcess, args) -> dict:
     reqs = shared_prefix_workload(args.prefix_groups, args.prefix_questions, args.prefix_system_len,
                                   args.prefix_question_len, args.prefix_output_len,
                                   args.vocab_size, seed=3)  # fmt: skip
+    # In random order: interleaved g0, g1, ..., round-robin over an even number of workers sent
+    # every group to one worker (a perfect partition: the first GPU run, 2026-11-27 s4).
+    random.Random(3).shuffle(reqs)
     run = fleet.run(with_arrivals(reqs, args.prefix_rate, seed=3))
     s = summarize(run.timelines, run.duration_s, percentiles=(50, 90, 99)).to_dict()
     print(f"  shared prefix at {args.prefix_rate} req/s: TTFT p50 {s['p50_ttft_ms']:.1f} ms, "
@@ -219,7 +223,7 @@ def main() -> None:
     p.add_argument("--skip", default="", help="measures not to run: ttft,goodput,prefix")
     p.add_argument("--diagnose", default="", help="rates at which to profile the workers")
     p.add_argument("--prefix-groups", type=int, default=12)
-    p.add_argument("--prefix-questions", type=int, default=16)
+    p.add_argument("--prefix-questions", type=int, default=40)
     p.add_argument("--prefix-system-len", type=int, default=4096)
     p.add_argument("--prefix-question-len", type=int, default=128)
     p.add_argument("--prefix-output-len", type=int, default=64)

@@ -18,14 +18,14 @@ gpus_01() {  # KV transfer, PD vs fused TTFT, PD goodput (py-spy on the workers 
   timeout 90 python3 benchmarks/bench_kvxfer.py --skip-cpu --iters 8 \
     --out "$OUT"/a/kvxfer_gpu.json > "$OUT"/a/kvxfer.log 2>&1; stamp "kvxfer rc=$?"
   OUT="$OUT"/a timeout 420 python3 benchmarks/bench_pd_gpu.py --parts pd,fused1 \
-    --rates 4,5,6,7,8 --mix-requests 150 --ttft-repeats 5 --diagnose 6 > "$OUT"/a/pd.log 2>&1
+    --rates 7,8,9,10,11 --mix-requests 150 --ttft-repeats 5 --diagnose 10 > "$OUT"/a/pd.log 2>&1
   stamp "pd,fused1 rc=$?"
 }
 
 gpus_23() {  # two fused instances: goodput; then ttft vs round-robin routing on shared prefixes
   export CUDA_VISIBLE_DEVICES=2,3
   OUT="$OUT"/b timeout 500 python3 benchmarks/bench_pd_gpu.py \
-    --parts fused2,fused2_prefix,fused2_rr --rates 6,8,10,12,14,16,18,20 --mix-requests 150 \
+    --parts fused2,fused2_prefix,fused2_rr --rates 8,10,11,12 --mix-requests 150 \
     > "$OUT"/b/pd.log 2>&1; stamp "fused2 rc=$?"
 }
 

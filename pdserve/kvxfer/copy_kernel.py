@@ -46,9 +46,16 @@ def copy_ranges(
     src_offsets: np.ndarray,
     dst_offsets: np.ndarray,
     nbytes: np.ndarray,
+    upload_stream: torch.cuda.Stream | None = None,
 ) -> bool:
     """Copy byte ranges from `src` to `dst` (uint8 1-D tensors on one device) on the current
-    stream; False (nothing queued) when a range is not made of whole 8-byte words."""
+    stream; False (nothing queued) when a range is not made of whole 8-byte words.
+
+    The descriptor table goes up from pageable memory: that copy holds the host until the stream
+    it runs on reaches it. On the copy stream, ordered after the compute a streamed layer waits
+    for, that stalled the host at every layer of the prefill (the GPU then idled while it
+    launched the next layer); give an `upload_stream` that nothing else uses and it returns at
+    once."""
     if not len(nbytes):
         return True
     s, d = words_of(src), words_of(dst)
@@ -59,9 +66,19 @@ def copy_ranges(
         return False
     table //= 8
     max_words = int(table[2 * len(nbytes) :].max())
-    # Allocated on the current stream: the caching allocator reuses it only after that stream
-    # has run this kernel, so the table lives as long as the copy needs it.
-    table_dev = torch.from_numpy(table).to(src.device, non_blocking=src.is_cuda)
+    table_dev = _upload(torch.from_numpy(table), src.device, upload_stream)
     grid = (len(nbytes), triton.cdiv(max_words, CHUNK_WORDS))
     _copy_ranges_kernel[grid](s, d, table_dev, len(nbytes), CHUNK=CHUNK_WORDS)
     return True
+
+
+def _upload(table: torch.Tensor, device: torch.device, stream) -> torch.Tensor:
+    """`table` on `device`, readable by the current stream's next kernel. The caching allocator
+    reuses its memory only after the current stream has run that kernel."""
+    if stream is None:
+        return table.to(device, non_blocking=table.is_pinned())
+    consumer = torch.cuda.current_stream(device)
+    with torch.cuda.stream(stream):
+        out = table.to(device)  # synchronous: done when this returns
+    out.record_stream(consumer)
+    return out

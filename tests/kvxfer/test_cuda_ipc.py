@@ -1,6 +1,8 @@
 """CUDA IPC between two processes on two GPUs of one host: the peer's cache lives on cuda:1,
 this process's on cuda:0. Run on a 2-GPU machine: pytest -m gpu tests/kvxfer/test_cuda_ipc.py"""
 
+import time
+
 import pytest
 import torch
 
@@ -72,3 +74,28 @@ def test_pull_reads_the_peers_blocks(pair):
     h = prefill.send(TransferSpec("r1", "decode", [8, 9], [0, 1], direction="pull"))
     assert wait_all(prefill, [h]) == [TransferStatus.DONE]
     assert_moved_exactly(remote, src.cpu(), [8, 9], [0, 1])
+
+
+def test_posting_does_not_wait_for_the_compute_it_is_ordered_after(ipc_peer):
+    """A streamed layer's transfer runs behind that layer's compute; posting it must return at
+    once (the descriptor table once went up on the copy stream and held the host until the GPU
+    got there, at every layer of a prefill)."""
+    from pdserve.kvxfer.cuda_ipc import CudaIpcTransport
+
+    peer, metadata = ipc_peer
+    peer.reset()
+    prefill = CudaIpcTransport("prefill", timeout_s=10, max_memcpy_descriptors=0)  # the kernel
+    src = kv_cache(seed=7).to("cuda:0")
+    prefill.register(src)
+    prefill.add_peer(metadata)
+    src_ids, dst_ids = [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]
+    torch.cuda.synchronize(0)
+    torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time queued on the current stream
+    src[:, 4].add_(1.0)  # behind the sleep; the copy must see it
+    t0 = time.perf_counter()
+    h = prefill.send(TransferSpec("r1", "decode", src_ids, dst_ids))
+    posted_s = time.perf_counter() - t0
+    assert wait_all(prefill, [h]) == [TransferStatus.DONE]
+    assert_moved_exactly(src.cpu(), peer.cache(), src_ids, dst_ids)
+    assert posted_s < 0.05, f"posting held the host {posted_s * 1e3:.0f} ms"
+    prefill.close()
