@@ -46,16 +46,9 @@ def copy_ranges(
     src_offsets: np.ndarray,
     dst_offsets: np.ndarray,
     nbytes: np.ndarray,
-    upload_stream: torch.cuda.Stream | None = None,
 ) -> bool:
     """Copy byte ranges from `src` to `dst` (uint8 1-D tensors on one device) on the current
-    stream; False (nothing queued) when a range is not made of whole 8-byte words.
-
-    The descriptor table goes up from pageable memory: that copy holds the host until the stream
-    it runs on reaches it. On the copy stream, ordered after the compute a streamed layer waits
-    for, that stalled the host at every layer of the prefill (the GPU then idled while it
-    launched the next layer); give an `upload_stream` that nothing else uses and it returns at
-    once."""
+    stream; False (nothing queued) when a range is not made of whole 8-byte words."""
     if not len(nbytes):
         return True
     s, d = words_of(src), words_of(dst)
@@ -66,19 +59,21 @@ def copy_ranges(
         return False
     table //= 8
     max_words = int(table[2 * len(nbytes) :].max())
-    table_dev = _upload(torch.from_numpy(table), src.device, upload_stream)
+    table_dev = _to_device(table, src.device)
     grid = (len(nbytes), triton.cdiv(max_words, CHUNK_WORDS))
     _copy_ranges_kernel[grid](s, d, table_dev, len(nbytes), CHUNK=CHUNK_WORDS)
     return True
 
 
-def _upload(table: torch.Tensor, device: torch.device, stream) -> torch.Tensor:
-    """`table` on `device`, readable by the current stream's next kernel. The caching allocator
-    reuses its memory only after the current stream has run that kernel."""
-    if stream is None:
-        return table.to(device, non_blocking=table.is_pinned())
-    consumer = torch.cuda.current_stream(device)
-    with torch.cuda.stream(stream):
-        out = table.to(device)  # synchronous: done when this returns
-    out.record_stream(consumer)
-    return out
+def _to_device(table: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The descriptor table on `device`, queued on the current stream. On a GPU it goes up from
+    pinned memory: from pageable memory the driver may hold the host until the stream reaches
+    the copy, and the copy stream is ordered after the compute whose KV it sends (a streamed
+    prefill's every layer). PyTorch's caching host allocator keeps the pinned block until the
+    copy ran; its device block, allocated on this stream, is reused only after the kernel ran."""
+    host = torch.from_numpy(table)
+    if device.type != "cuda":
+        return host.to(device)
+    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    pinned.copy_(host)
+    return pinned.to(device, non_blocking=True)

@@ -47,14 +47,12 @@ class CudaIpcTransport(TransportBase):
         self.max_memcpy_descriptors = max_memcpy_descriptors
         self._local: torch.Tensor | None = None  # [total_bytes] uint8 view of the KV cache
         self._stream: torch.cuda.Stream | None = None
-        self._upload_stream: torch.cuda.Stream | None = None  # descriptor tables only
 
     def _register(self, kv_cache: torch.Tensor) -> dict[str, Any]:
         if not kv_cache.is_cuda:
             raise ValueError("CUDA IPC needs a KV cache on a GPU")
         self._local = kv_cache.view(-1).view(torch.uint8)
         self._stream = torch.cuda.Stream(device=kv_cache.device)
-        self._upload_stream = torch.cuda.Stream(device=kv_cache.device)
         with torch.cuda.device(kv_cache.device):  # the handle's events on the cache's device
             rebuild, args = reduce_tensor(kv_cache)  # picklable: an IPC handle, not the bytes
         return {"rebuild": rebuild, "args": args}
@@ -74,7 +72,7 @@ class CudaIpcTransport(TransportBase):
         self._stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._stream):
             copied = len(descs) > self.max_memcpy_descriptors and copy_ranges(
-                src, dst, descs.src_offsets, descs.dst_offsets, descs.nbytes, self._upload_stream
+                src, dst, descs.src_offsets, descs.dst_offsets, descs.nbytes
             )
             if not copied:  # few ranges (or not whole 8-byte words): one memcpy each
                 for s, d, n in zip(

@@ -89,6 +89,8 @@ def test_posting_does_not_wait_for_the_compute_it_is_ordered_after(ipc_peer):
     prefill.register(src)
     prefill.add_peer(metadata)
     src_ids, dst_ids = [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]
+    warm = prefill.send(TransferSpec("r0", "decode", src_ids, dst_ids))  # compiles the kernel
+    assert wait_all(prefill, [warm]) == [TransferStatus.DONE]
     torch.cuda.synchronize(0)
     torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time queued on the current stream
     src[:, 4].add_(1.0)  # behind the sleep; the copy must see it
