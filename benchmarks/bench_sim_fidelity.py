@@ -69,6 +69,7 @@ def measure_profile(args, path: Path) -> None:
            "--max-num-batched-tokens", str(args.max_num_batched_tokens),
            "--prefill-lens", args.prefill_lens, "--batch-sizes", args.batch_sizes,
            "--context-lens", args.context_lens, "--repeats", str(args.repeats),
+           "--mixed-prefill-len", str(args.input_len),
            "--out", str(path)]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]
@@ -148,8 +149,14 @@ def start_server(args, step_trace: str = "") -> ServerProcess:
 def sim_run(requests, profile, args, overheads: dict, trace: bool = False):
     from pdserve.cluster.policies import PolicyConfig
     from pdserve.sim.cluster import SimConfig
+    from pdserve.sim.profiles import with_corrections
     from pdserve.sim.run import simulate
 
+    if "decode_s" in overheads:  # measured per-step corrections (`traced_overheads`)
+        scale, pipelined = overheads.get("scale", 1.0), overheads.get("pipelined")
+        cost = with_corrections(profile.cost, overheads["decode_s"], overheads["prefill_s"],
+                                scale, pipelined)  # fmt: skip
+        profile = replace(profile, cost=cost)
     fleet = f"fused:{args.instances}"
     config = SimConfig(
         routing=args.routing,
@@ -190,7 +197,8 @@ def calibrate(server: ServerProcess, profile, args, trace=None) -> tuple[dict, l
             raise RuntimeError(f"calibration request failed: {tl.error}")
         real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl), "request": per_request([tl])[0],
                      **(trace.read(t0) if trace else {})})  # fmt: skip
-    return overheads_from(real, profile, args), real
+    traced = traced_overheads(real, profile.cost, args.device == "cpu")
+    return traced or overheads_from(real, profile, args), real
 
 
 def overheads_from(real: list[dict], profile, args) -> dict:
@@ -220,53 +228,109 @@ def _median(xs) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
-def breakdown(point: dict, cost) -> dict:
-    """Where the real run's time went, from the worker step trace, against the cost model:
+IDLE_S = 0.005  # a worker loop that spent longer than this between step() calls was idle
 
-    step: each step's real time (sync: its step() call; async: from the collect before to the
-    collect of its plan, back-to-back steps only) minus the model's time for its shape, decode-only
-    and prefill steps apart; gap: worker loop time between step() calls while busy;
-    front_in / front_out: client send -> worker submit, worker first token -> client; engine:
-    worker submit -> the step() that returned the first token. Medians, ms."""
+
+def real_steps(steps: list) -> list[tuple]:
+    """(shape, seconds, start) of each traced step as the sim times one: from when the engine
+    could start it to when its tokens were out, the worker loop's time between steps included.
+    Sync (not in flight): from its step() call to the next call, or to its end when the loop
+    then idled. Async (its step() launched it, the next one collected it): from the collect of
+    the plan before (or its launch, after an idle loop) to its own collect."""
     from pdserve.cluster.cost_model import StepShape
 
+    out = []
+    for i, st in enumerate(steps):
+        t0, t1, in_flight = st[0], st[1], st[6]
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        if in_flight:
+            if nxt is None:
+                continue
+            after_idle = i == 0 or not steps[i - 1][6] or t0 - steps[i - 1][1] > IDLE_S
+            start, end = (t0 if after_idle else t1), nxt[1]
+        else:
+            start = t0
+            end = nxt[0] if nxt is not None and nxt[0] - t1 <= IDLE_S else t1
+        out.append((StepShape(*st[2:6]), end - start, start))
+    return out
+
+
+def matched_requests(trace: dict, requests: list) -> list[tuple]:
+    """(client request row, worker submit time, time its first token left the worker) of each
+    request, client rows and worker submits matched in send order (same prompt lengths)."""
+    first_end = {}
+    for steps in trace["steps"].values():
+        for st in steps:
+            for rid in st[7]:
+                first_end[rid] = st[1]
+    subs = sorted((t, n, rid) for w in trace["submits"].values() for t, n, rid in w)
+    out = []
+    for (t_sub, n, rid), r in zip(subs, sorted(requests, key=lambda r: r[0])):
+        if n == r[1] and r[5] is not None and rid in first_end:
+            out.append((r, t_sub, first_end[rid]))
+    return out
+
+
+def breakdown(point: dict, cost) -> dict:
+    """Where the real run's time went, from the worker step trace, against the cost model:
+    decode-only and prefill steps' real time (`real_steps`) and real minus the model's time;
+    the worker loop's time between busy step() calls; front_in / front_out: client send ->
+    worker submit (waiting for a running step included), worker first token -> client;
+    engine: worker submit -> first token out of the worker. Medians, ms."""
     out: dict[str, list] = {"decode_step": [], "prefill_step": [], "decode_model": [],
                             "prefill_model": [], "gap": [], "front_in": [], "front_out": [],
-                            "engine": [], "engine_wait": []}  # fmt: skip
-    first_end, submit_at = {}, {}
+                            "engine": []}  # fmt: skip
     trace = point["real_trace"]
-    for worker, steps in trace["steps"].items():
-        for i, st in enumerate(steps):
-            t0, t1, shape, in_flight, first = st[0], st[1], StepShape(*st[2:6]), st[6], st[7]
-            for rid in first:
-                first_end[rid] = t1
-            if i == 0 or t0 - steps[i - 1][1] > 0.005:  # the loop was idle before: no pace
-                continue
-            out["gap"].append(t0 - steps[i - 1][1])
-            if in_flight:  # async: this plan is collected by the next step() call
-                if i + 1 >= len(steps) or steps[i + 1][0] - t1 > 0.005:
-                    continue
-                real_s = steps[i + 1][1] - t1
-            else:
-                real_s = t1 - t0
+    for steps in trace["steps"].values():
+        for shape, real_s, _ in real_steps(steps):
             kind = "prefill" if shape.num_prefill_tokens else "decode"
             out[f"{kind}_step"].append(real_s)
             out[f"{kind}_model"].append(real_s - cost.step_time(shape))
-        for t, _, rid in trace["submits"][worker]:
-            submit_at[rid] = t
-    # The client's requests and the workers' submits, both in send order (same prompt lengths)
-    subs = sorted((t, n, rid) for w in trace["submits"].values() for t, n, rid in w)
-    reqs = sorted(point["real_requests"], key=lambda r: r[0])
-    for (t_sub, n, rid), r in zip(subs, reqs):
-        if n != r[1] or r[5] is None or rid not in first_end:
-            continue
+        out["gap"] += [b[0] - a[1] for a, b in zip(steps, steps[1:]) if b[0] - a[1] <= IDLE_S]
+    for r, t_sub, t_first in matched_requests(trace, point["real_requests"]):
         out["front_in"].append(t_sub - r[0])
-        out["front_out"].append(r[5] - first_end[rid])
-        out["engine"].append(first_end[rid] - t_sub)
+        out["front_out"].append(r[5] - t_first)
+        out["engine"].append(t_first - t_sub)
     return {k: _median(v) * 1e3 for k, v in out.items()} | {
         "num_decode_steps": len(out["decode_step"]),
         "num_prefill_steps": len(out["prefill_step"]),
         "num_matched_requests": len(out["engine"]),
+    }
+
+
+def traced_overheads(calibration: list[dict], cost, scaled: bool = False) -> dict | None:
+    """From the calibration requests' traces (one request at a time, so nothing queues):
+
+        request_s = front end in + front end out    (client -> worker, worker -> client)
+        scale     = real / model, every step        (`scaled`: a CPU worker's share of its core)
+        pipelined = the engine launched steps while others ran (async scheduling)
+        decode_s  = real - scale * model, decode-only steps (the loop's time, host work hidden)
+        prefill_s = real - scale * model, steps that prefill
+
+    measured, not inferred from TTFT and TPOT residuals (which put any step-time error of the
+    prefill on the front end, where the simulator delays the request instead of the step).
+    Medians; None without traces."""
+    front, steps, pipelined = [], [], False
+    for c in calibration:
+        if "steps" not in c:
+            return None
+        pipelined |= any(st[6] for w in c["steps"].values() for st in w)
+        for worker_steps in c["steps"].values():
+            steps += [(shape, real_s, cost.step_time(shape))
+                      for shape, real_s, _ in real_steps(worker_steps)]  # fmt: skip
+        for r, t_sub, t_first in matched_requests(c, [c["request"]]):
+            front.append((t_sub - r[0]) + (r[5] - t_first))
+    scale = statistics.median(real / model for _, real, model in steps) if scaled else 1.0
+    decode = [real - scale * model for s, real, model in steps if not s.num_prefill_tokens]
+    prefill = [real - scale * model for s, real, model in steps if s.num_prefill_tokens]
+    if not front or not decode or not prefill:
+        return None
+    return {
+        "request_s": statistics.median(front),
+        "step_s": 0.0,
+        "scale": scale,
+        "decode_s": statistics.median(decode),
+        "prefill_s": statistics.median(prefill),
     }
 
 
@@ -285,6 +349,15 @@ def print_breakdown(point: dict, profile) -> None:
           f"front out {b['front_out']:.2f} ms ({b['num_matched_requests']} requests)")  # fmt: skip
 
 
+def describe(overheads: dict) -> str:
+    text = f"front end {overheads['request_s'] * 1e3:.2f} ms per request"
+    if "decode_s" in overheads:
+        return text + (f", steps x{overheads.get('scale', 1.0):.3f} then decode "
+                       f"{overheads['decode_s'] * 1e3:+.2f} ms, prefill "
+                       f"{overheads['prefill_s'] * 1e3:+.2f} ms")  # fmt: skip
+    return text + f", worker loop {overheads['step_s'] * 1e3:.2f} ms per step"
+
+
 def row(metric: str, stat: str, real: dict, sim: dict) -> dict:
     key = f"{stat}_{metric}_ms"
     r, s = real.get(key), sim.get(key)
@@ -292,43 +365,81 @@ def row(metric: str, stat: str, real: dict, sim: dict) -> dict:
     return {"metric": f"{stat} {metric.upper()} (ms)", "real": r, "sim": s, "error_pct": err}
 
 
-def resimulate(path: Path, step_overhead_ms: float | None = None) -> None:
+def resimulate(
+    path: Path,
+    fit: str = "served",
+    offsets_ms: tuple | None = None,
+    step_overhead_ms: float | None = None,
+) -> None:
     """Simulate a recorded fidelity run's workload again, its profile refitted from its samples
-    with today's `StepCostModel.fit`, against the recorded real results (no server, no device):
-    for checking a cost-model change on runs made elsewhere (e.g. on an H100)."""
+    (`fit`: "served" = `ServedCostModel.fit`, "linear" = `StepCostModel.fit`), against the
+    recorded real results (no server, no device): for checking a cost-model change on runs
+    made elsewhere (e.g. on an H100). The calibration is redone with the refitted model: from
+    its traces when the record has them (`traced_overheads`); from its TTFT/TPOT otherwise
+    (`overheads_from`); a record without either (before 03f9bda) gets its calibration
+    requests' real TTFT back as their simulation with the recorded fit plus the recorded front
+    end, so only the change of the prefill's model moves the front end. `offsets_ms`: (decode,
+    prefill) per-step corrections to use instead (e.g. from a single-stream run)."""
     import argparse as _argparse
 
     from pdserve.cluster.cost_model import StepCostModel, StepShape
-    from pdserve.sim.profiles import Profile
+    from pdserve.sim.profiles import Profile, ServedCostModel, cost_from_dict
 
     rec = json.loads(path.read_text())
     args = _argparse.Namespace(**rec["args"])
-    profile_dict = json.loads((path.parent / Path(rec["profile"]).name).read_text())
+    profile_dict = rec.get("profile_data") or json.loads(
+        (path.parent / Path(rec["profile"]).name).read_text())  # fmt: skip
     samples = profile_dict["samples"]
-    cost = StepCostModel.fit([StepShape(*s["shape"]) for s in samples],
-                             [s["time_s"] for s in samples])  # fmt: skip
+    model = {"served": ServedCostModel, "linear": StepCostModel}[fit]
+    cost = model.fit([StepShape(*s["shape"]) for s in samples], [s["time_s"] for s in samples])
     profile = replace(Profile.from_dict(profile_dict), cost=cost)
-    print(f"refitted {profile.name}: {cost}")
-    overheads = dict(rec["overheads_s"])
-    if rec.get("calibration_real"):  # redo the calibration with the refitted profile
-        overheads = overheads_from(rec["calibration_real"], profile, args)
-    if step_overhead_ms is not None:
-        overheads["step_s"] = step_overhead_ms / 1e3
-    print(f"overheads: {overheads}")
+    print(f"refitted {profile.name} ({fit}): {cost}")
+
+    def recalibrate(calibration: list | None, recorded: dict) -> dict:
+        overheads = traced_overheads(calibration, cost, scaled) if calibration else None
+        if overheads is None and calibration:
+            overheads = overheads_from(calibration, profile, args)
+        if overheads is None:  # no calibration recorded: rebuild its TTFTs from the recorded fit
+            old = replace(profile, cost=cost_from_dict(rec["profile_cost"]))
+            old_front = recorded["request_s"] + recorded["step_s"]
+            zero = {"request_s": 0.0, "step_s": 0.0}
+            calibration = []
+            for r in calibration_requests(args):
+                tl = sim_run([replace(r, arrival_s=0.0)], old, args, zero).result.timelines[0]
+                calibration.append({"ttft_s": ttft_s(tl) + old_front, "tpot_s": None})
+            overheads = overheads_from(calibration, profile, args)
+        if offsets_ms is not None:  # the server runs async on a GPU by default
+            overheads |= {"step_s": 0.0, "decode_s": offsets_ms[0] / 1e3,
+                          "prefill_s": offsets_ms[1] / 1e3,
+                          "pipelined": args.device.startswith("cuda")}  # fmt: skip
+        if step_overhead_ms is not None:
+            overheads["step_s"] = step_overhead_ms / 1e3
+        print(f"overheads: {describe(overheads)}")
+        return overheads
+
+    scaled = args.device == "cpu"
+    overheads = recalibrate(rec.get("calibration_real"), rec["overheads_s"])
     base = random_workload(args.num_prompts, args.input_len, args.output_len,
                            args.range_ratio, args.vocab_size, seed=args.seed)  # fmt: skip
     points = []
     for k, point in enumerate(rec["points"]):
         requests = with_fresh_prompts(with_arrivals(base, point["rate"], seed=args.seed),
                                 args.seed + k, args.vocab_size)  # fmt: skip
-        sim = sim_run(requests, profile, args, overheads)
+        if "calibration_real" in point:  # calibrated right before this rate
+            overheads = recalibrate(point["calibration_real"], point["overheads_s"])
+        sim = sim_run(requests, profile, args, overheads, trace=True)
         s = summarize(sim.result.timelines, sim.result.duration_s, percentiles=(50, 90)).to_dict()
         rows = [row(m, stat, point["real"], s) for m in METRICS for stat in ("mean", "p90")]
-        points.append({"rate": point["rate"], "rows": rows, "real": point["real"], "sim": s})
+        new = {**point, "rows": rows, "sim": s, "overheads_s": overheads,
+               "sim_requests": per_request(sim.result.timelines),
+               "sim_steps": sim_steps(sim)}  # fmt: skip
         print(f"\nrate {point['rate']:g} req/s (real run recorded {rec['label']})")
         for x in rows:
             print(f"  {x['metric']:18s} {x['real']:9.1f} {x['sim']:9.1f} {x['error_pct']:+7.1f}%")
-    out = path.with_name(path.stem + "-resim.json")
+        if "real_trace" in point:
+            print_breakdown(new, profile)
+        points.append(new)
+    out = path.with_name(path.stem + f"-resim-{fit}.json")
     out.write_text(json.dumps({**rec, "command": " ".join(sys.argv), "profile_cost":
                                cost.to_dict(), "overheads_s": overheads,
                                "resimulated_from": path.name, "points": points},
@@ -362,6 +473,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-calibrate", action="store_true", help="no front-end / loop overheads")
     p.add_argument("--calibration-requests", type=int, default=6)
+    p.add_argument(
+        "--calibrate-each-rate",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="calibrate before each rate (default: on CPU), else before the first",
+    )
     p.add_argument("--no-step-trace", dest="step_trace", action="store_false",
                    help="no worker step trace ($PDSERVE_STEP_TRACE) in the JSON")  # fmt: skip
     p.add_argument("--start-timeout-s", type=float, default=600.0)
@@ -380,9 +497,13 @@ def main() -> None:
         default=None,
         help="--resim: replace the recorded per-step correction",
     )
+    p.add_argument("--fit", default="served", choices=("served", "linear"), help="--resim")
+    p.add_argument("--offsets-ms", default=None, metavar="DECODE,PREFILL",
+                   help="--resim: decode-only and prefill steps' corrections")  # fmt: skip
     args = p.parse_args()
     if args.resim:
-        resimulate(Path(args.resim), args.step_overhead_ms)
+        offsets = tuple(float(v) for v in args.offsets_ms.split(",")) if args.offsets_ms else None
+        resimulate(Path(args.resim), args.fit, offsets, args.step_overhead_ms)
         return
     if args.routing is None:
         from pdserve.cluster.policies import DEFAULT_POLICY
@@ -413,12 +534,15 @@ def main() -> None:
         if trace:
             trace.read(0.0)  # drop the warm-up's steps
         overheads, calibration = {"request_s": 0.0, "step_s": 0.0}, []
-        if not args.no_calibrate:
-            overheads, calibration = calibrate(server, profile, args, trace)
-        print(f"overheads: front end {overheads['request_s'] * 1e3:.2f} ms per request, "
-              f"worker loop {overheads['step_s'] * 1e3:.2f} ms per step", flush=True)  # fmt: skip
         points = []
         for k, rate in enumerate(float(r) for r in args.rates.split(",")):
+            each_rate = args.calibrate_each_rate
+            if each_rate is None:  # a shared CPU box's load drifts; a GPU box's does not
+                each_rate = args.device == "cpu"
+            if not args.no_calibrate and (k == 0 or each_rate):
+                # Right before the rate: a shared box's load drifts (other work, throttling).
+                overheads, calibration = calibrate(server, profile, args, trace)
+                print(f"overheads: {describe(overheads)}", flush=True)
             # Same lengths and arrival process at every rate, never-seen prompts (no prefix hits).
             requests = with_fresh_prompts(with_arrivals(base, rate, seed=args.seed), args.seed + k,
                                     args.vocab_size)  # fmt: skip
@@ -429,7 +553,8 @@ def main() -> None:
                                     percentiles=(50, 90))  # fmt: skip
             r, s = real_summary.to_dict(), sim_summary.to_dict()
             rows = [row(m, stat, r, s) for m in METRICS for stat in ("mean", "p90")]
-            point = {"rate": rate, "rows": rows, "real": r, "sim": s,
+            point = {"rate": rate, "rows": rows, "real": r, "sim": s, "overheads_s": overheads,
+                     "calibration_real": calibration,
                      "real_requests": per_request(real.timelines),
                      "sim_requests": per_request(sim.result.timelines),
                      "sim_steps": sim_steps(sim)}  # fmt: skip

@@ -33,6 +33,9 @@ class CostExecutor:
             raise ValueError("give exactly one of cost or step_time")
         self.cost = cost
         self.step_time = step_time
+        # A cost model that is not the linear sum (sim.profiles.ServedCostModel) prices a shape
+        self.shape_time = getattr(cost, "shape_time", None)
+        self.overlap_s = 0.0  # the step before, when this one starts as it ends (SimInstance)
         self.remote_tokens: dict[str, int] = {}  # request_id -> leading tokens whose KV arrived
 
     def execute(self, plan: StepPlan) -> StepResult:
@@ -43,6 +46,9 @@ class CostExecutor:
         if self.step_time is not None:
             return StepResult(sampled, _NONE, _NONE, self.step_time(plan))
         p_tok, p_pairs, d_seqs, d_ctx = self._shape(plan)
+        if self.shape_time is not None:
+            duration_s = self.shape_time(p_tok, p_pairs, d_seqs, d_ctx, self.overlap_s)
+            return StepResult(sampled, _NONE, _NONE, duration_s)
         c = self.cost  # StepCostModel.step_time, without building a StepShape per step
         duration_s = (c.base_s + c.per_prefill_token_s * p_tok + c.per_prefill_pair_s * p_pairs
                       + c.per_decode_seq_s * d_seqs + c.per_decode_ctx_token_s * d_ctx)  # fmt: skip
@@ -135,6 +141,9 @@ class SimInstance:
     def start_step(self, now: float) -> float:
         """Schedule and price one step; returns its duration in seconds."""
         self.plan = self.scheduler.schedule(now)
+        last = self.result  # a pipelined engine launched this step while that one ran
+        back_to_back = last is not None and now - self.step_start_s - last.duration_s <= 1e-9
+        self.executor.overlap_s = last.duration_s if back_to_back else 0.0
         self.result = self.executor.execute(self.plan)
         self.is_busy = True
         self.step_start_s = now

@@ -2,8 +2,10 @@
 model and write a profile JSON for the simulator (pdserve/sim/profiles.py has the format).
 
 The grid drives the engine's own scheduler into known shapes: a lone fresh prompt of P tokens
-(one prefill step), and B requests of context C decoding together (decode steps). Each step is
-timed around `EngineCore.step()` (device synchronized), its shape read from the plan it ran.
+(one prefill step), B requests of context C decoding together (decode steps), and a fresh
+prompt joining those B (a mixed step, as a server's prefills mostly run). Each step is timed
+around `EngineCore.step()` (device synchronized), its shape read from the plan it ran; the fit
+is `sim.profiles.ServedCostModel.fit`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ import json
 import random
 import time
 from pathlib import Path
+
+
+def _split(split: list, i: int) -> dict:
+    """A sample's host time (prepare + launch) and device span, when the timer measured them."""
+    if not split:
+        return {}
+    return {"host_s": split[i].prepare_s + split[i].launch_s, "device_s": split[i].gpu_span_s}
 
 
 def _ints(text: str) -> list[int]:
@@ -29,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-lens", type=_ints, default=[64, 512])
     p.add_argument("--decode-steps", type=int, default=4, help="timed decode steps per point")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--mixed-prefill-len",
+        type=int,
+        default=None,
+        help="prompt joining each decode batch (default: the middle prefill length)",
+    )
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--name", default=None, help="profile name (default DEVICE-MODEL)")
     p.add_argument("--out", default=None, help="JSON path (default ./NAME.json)")
@@ -37,8 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from pdserve.cluster.cost_model import StepCostModel, StepShape, shape_of
+    from pdserve.cluster.cost_model import StepShape, shape_of
     from pdserve.engine.llm import LLM
+    from pdserve.sim.profiles import ServedCostModel
     from pdserve.types import Request, SamplingParams
 
     if args.threads:
@@ -60,16 +76,26 @@ def main(args: argparse.Namespace) -> int:
         core.add_request(Request(rid, prompt, SamplingParams(max_tokens, ignore_eos=True)))
         return rid
 
-    def timed_step() -> None:
+    def timed_step() -> StepShape:
         sync()
         t = time.perf_counter()
         core.step()
         sync()
         samples.append((shape_of(core.last_plan), time.perf_counter() - t))
+        return samples[-1][0]
+
+    lens = sorted(args.prefill_lens)
+    mixed_len = args.mixed_prefill_len or lens[len(lens) // 2]
 
     submit(32, 2)  # warm-up, untimed
     while core.has_unfinished:
         core.step()
+    # GPU: the runner's step timer splits each timed step into host work (prepare + launch)
+    # and the device's span (CUDA events, read after the run): what a pipelined server overlaps.
+    timer = getattr(core.executor, "timer", None) if engine.device.type == "cuda" else None
+    if timer is not None:
+        timer.reset()
+        timer.enabled = True
     for _ in range(args.repeats):
         for prompt_len in args.prefill_lens:
             rid = submit(prompt_len, 1)
@@ -79,11 +105,24 @@ def main(args: argparse.Namespace) -> int:
         for ctx in args.context_lens:
             for batch in args.batch_sizes:
                 rids = [submit(ctx, args.decode_steps + 1) for _ in range(batch)]
+                joined = False
                 while core.has_unfinished:
-                    timed_step()
+                    shape = timed_step()
+                    if not joined and not shape.num_prefill_tokens:  # all B decode: join them
+                        rids.append(submit(mixed_len, 1))
+                        joined = True
                 del rids
+    split = []
+    if timer is not None:
+        timer.enabled = False
+        try:
+            split = timer.resolve()
+        except Exception as e:  # the split is for analysis; the profile stands without it
+            print(f"step timer: {type(e).__name__}: {e}; no host/device split")
+        if len(split) != len(samples):  # one timed step per runner step, or no split
+            split = []
     shapes, times = [s for s, _ in samples], [t for _, t in samples]
-    cost = StepCostModel.fit(shapes, times)
+    cost = ServedCostModel.fit(shapes, times)
     device = engine.device.type if engine.device.type == "cpu" else torch.cuda.get_device_name()
     model = engine.model_config.name or args.model or "embedded"
     short = Path(model).stem if "/" in model else model.replace("dummy:", "")  # a path: its file
@@ -98,7 +137,8 @@ def main(args: argparse.Namespace) -> int:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": core.scheduler.config.max_num_seqs,
         "cost": cost.to_dict(),
-        "samples": [{"shape": list(s.features()[1:]), "time_s": t} for s, t in samples],
+        "samples": [{"shape": list(s.features()[1:]), "time_s": t} | _split(split, i)
+                    for i, (s, t) in enumerate(samples)],
     }  # fmt: skip
     path = Path(args.out or f"{name}.json")
     path.write_text(json.dumps(profile, indent=1) + "\n")

@@ -11,10 +11,12 @@ with no profile gets a roofline one from its specs (`roofline_profile`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from pdserve.cluster.cost_model import StepCostModel
+from pdserve.cluster.cost_model import StepCostModel, StepShape, nnls
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -53,10 +55,180 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: dict) -> Profile:
-        return cls(d["name"], d["kind"], StepCostModel.from_dict(d["cost"]), int(d["block_size"]),
+        return cls(d["name"], d["kind"], cost_from_dict(d["cost"]), int(d["block_size"]),
                    int(d["num_blocks"]), int(d["kv_bytes_per_token"]),
                    int(d.get("max_num_batched_tokens", 2048)), int(d.get("max_num_seqs", 256)),
                    d.get("device", ""), d.get("model", ""))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ServedCostModel(StepCostModel):
+    """A step's time as a serving engine runs it: decode-only steps as `StepCostModel`, and a
+    step that prefills in another way than a linear sum of its parts:
+
+        decode only:   base + per_decode_seq * seqs + per_decode_ctx_token * ctx
+        with prefill:  max(prefill_floor_s, base + prefill_base_s + per_prefill_token * tokens
+                           + per_prefill_pair * pairs + per_mixed_seq_s * seqs
+                           + per_mixed_ctx_token_s * ctx)
+
+    Why: on a GPU decode-only steps replay a CUDA graph while a step with prefill launches its
+    kernels one by one (eager): its fixed cost differs (prefill_base_s, of either sign), and the
+    host launching ~500 kernels takes ~13 ms on an H100 for Llama-8B, longer than the device
+    needs for a prompt of up to ~600 tokens: such steps take the host's time whatever their
+    size (prefill_floor_s; the measured profile shows 16- to 512-token prefills all at 13-14 ms).
+    A decode seq inside a prefill step is one more row of the same matmuls (per_mixed_seq_s,
+    fitted as per_prefill_token_s), not a graph's per-seq cost, and its attention runs in the
+    prefill kernel (per_mixed_ctx_token_s: 4x the decode kernel's per context token in the H100
+    profile). On a CPU the floor is 0. A plain `StepCostModel` is this with prefill_base_s =
+    prefill_floor_s = 0, per_mixed_seq_s = per_decode_seq_s and per_mixed_ctx_token_s =
+    per_decode_ctx_token_s."""
+
+    prefill_base_s: float = 0.0
+    prefill_floor_s: float = 0.0
+    per_mixed_seq_s: float = 0.0
+    per_mixed_ctx_token_s: float = 0.0
+    # The engine launches a step while the one before runs (async scheduling, a GPU server's
+    # default): a step's host-bound floor then overlaps the step before it (`shape_time`).
+    pipelined: bool = False
+
+    def step_time(self, shape: StepShape) -> float:
+        return self.shape_time(shape.num_prefill_tokens, shape.num_prefill_pairs,
+                               shape.num_decode_seqs, shape.num_decode_ctx_tokens)  # fmt: skip
+
+    def shape_time(
+        self, p_tok: int, p_pairs: int, d_seqs: int, d_ctx: int, overlap_s: float = 0.0
+    ) -> float:
+        """Seconds of a step of that shape; `overlap_s`: the step before it, when this one
+        started as that one ended (a pipelined engine launched it meanwhile: of its floor, what
+        the host did then is hidden)."""
+        if not p_tok:
+            return (
+                self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
+            )
+        t = (self.base_s + self.prefill_base_s + self.per_prefill_token_s * p_tok
+             + self.per_prefill_pair_s * p_pairs + self.per_mixed_seq_s * d_seqs
+             + self.per_mixed_ctx_token_s * d_ctx)  # fmt: skip
+        floor = self.prefill_floor_s - overlap_s if self.pipelined else self.prefill_floor_s
+        return t if t > floor else floor
+
+    def tokens_time(self, num_tokens: int, context_len: int = 512) -> float:
+        pairs = num_tokens * context_len + num_tokens * (num_tokens + 1) // 2
+        return self.shape_time(num_tokens, pairs, 0, 0) if num_tokens else self.base_s
+
+    @classmethod
+    def of(cls, cost: StepCostModel, **changes: float) -> ServedCostModel:
+        """`cost` as a ServedCostModel (a plain model: its decode seq cost inside prefills too)."""
+        base = {f.name: getattr(cost, f.name) for f in fields(StepCostModel)}
+        if not isinstance(cost, ServedCostModel):
+            base["per_mixed_seq_s"] = cost.per_decode_seq_s
+            base["per_mixed_ctx_token_s"] = cost.per_decode_ctx_token_s
+        else:
+            base |= {f: getattr(cost, f) for f in (*SERVED_FIELDS, "pipelined")}
+        return cls(**(base | changes))
+
+    @classmethod
+    def fit(cls, shapes: Sequence[StepShape], times_s: Sequence[float]) -> StepCostModel:
+        """Relative least squares as `StepCostModel.fit`, decode terms from the decode-only
+        steps, then the prefill terms and the floor from the steps that prefill: for each
+        candidate floor (0, or one of those steps' times), the linear part is fitted to the
+        steps above it by least absolute relative deviations, one vote per step size,
+        refitted without those it misses
+        by more than `OUTLIER` (an H100 profile had a whole repeat of small prefills 50 %
+        slower), and the floor kept whose
+        model misses all of them least (the sum of relative misses, each counted up to
+        `OUTLIER`: a floor among noisy steps lands at their median). With fewer than 3
+        steps of either kind: `StepCostModel.fit`."""
+        decode = [(s, t) for s, t in zip(shapes, times_s) if not s.num_prefill_tokens]
+        prefill = [(s, t) for s, t in zip(shapes, times_s) if s.num_prefill_tokens]
+        if len(decode) < 3 or len(prefill) < 3 or any(t <= 0 for t in times_s):
+            return StepCostModel.fit(shapes, times_s)
+        rows = [[1 / t, s.num_decode_seqs / t, s.num_decode_ctx_tokens / t] for s, t in decode]
+        base, per_seq, per_ctx = nnls(rows, [1.0] * len(rows))
+        has_mixed = any(s.num_decode_seqs for s, _ in prefill)
+
+        def fit_linear(steps, floor: float) -> ServedCostModel:
+            """Least absolute relative deviations (reweighted least squares), each step size
+            (prefill tokens, decode seqs) weighing as much as any other however many times the
+            grid ran it: the line of the majority of sizes, whatever a minority of noisy steps
+            says, and not of the many long chunks a big decode batch's prompts make."""
+            # columns: fixed cost +, fixed cost -, tokens (decode seqs included), pairs, decode
+            # context (its column only when some step has one)
+            rows, ys = [], []
+            for s, t in steps:
+                row = [1 / t, -1 / t, (s.num_prefill_tokens + s.num_decode_seqs) / t,
+                       s.num_prefill_pairs / t]  # fmt: skip
+                rows.append(row + [s.num_decode_ctx_tokens / t] if has_mixed else row)
+                ys.append((t - base) / t)
+            counts = Counter((s.num_prefill_tokens, s.num_decode_seqs) for s, _ in steps)
+            size_weights = [1 / counts[s.num_prefill_tokens, s.num_decode_seqs] for s, _ in steps]
+            weights = size_weights
+            for _ in range(IRLS_ROUNDS):
+                x = nnls([[w * v for v in r] for r, w in zip(rows, weights)],
+                         [w * y for y, w in zip(ys, weights)])  # fmt: skip
+                weights = [sw / max(abs(y - sum(a * b for a, b in zip(r, x))), 1e-3) ** 0.5
+                           for r, y, sw in zip(rows, ys, size_weights)]  # fmt: skip
+            return cls(base, x[2], x[3], per_seq, per_ctx, x[0] - x[1], floor, x[2],
+                       x[4] if has_mixed else per_ctx)  # fmt: skip
+
+        def misses(model, steps) -> list[float]:
+            return [abs(model.step_time(s) - t) / t for s, t in steps]
+
+        times = sorted({t for _, t in prefill})
+        step = max(len(times) // 64, 1)  # at most ~64 candidate floors
+        best = None
+        for floor in [0.0] + times[:-2:step]:
+            # The line prices the steps it puts above the floor: chosen by their size, not by
+            # their time (a small step slowed by noise is still a floor step).
+            model = fit_linear(prefill, floor)
+            for _ in range(3):
+                above = [(s, t) for s, t in prefill if model.step_time(s) > floor * 1.0001]
+                kept = [st for st, m in zip(above, misses(model, above)) if m <= OUTLIER]
+                if len(kept) < 3:
+                    break
+                model = fit_linear(kept, floor)
+            loss = sum(min(m, OUTLIER) for m in misses(model, prefill))  # the floor: a median
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, model)
+        return best[1]
+
+
+IRLS_ROUNDS = 8
+OUTLIER = 0.2  # a step the fit misses by more than this (relative) is noise, not the model's
+SERVED_FIELDS = ("prefill_base_s", "prefill_floor_s", "per_mixed_seq_s", "per_mixed_ctx_token_s")
+
+
+def cost_from_dict(d: dict) -> StepCostModel:
+    """A profile's "cost": a `ServedCostModel` when it has the served fields."""
+    if any(k in d for k in SERVED_FIELDS):
+        base = StepCostModel.from_dict(d)
+        served = {k: float(d[k]) for k in SERVED_FIELDS if k in d}
+        return ServedCostModel.of(base, **served, pipelined=bool(d.get("pipelined", False)))
+    return StepCostModel.from_dict(d)
+
+
+def with_corrections(
+    cost: StepCostModel,
+    decode_s: float = 0.0,
+    prefill_s: float = 0.0,
+    scale: float = 1.0,
+    pipelined: bool | None = None,
+) -> ServedCostModel:
+    """`cost` with every step `scale` times as long, then every decode-only step `decode_s`
+    longer and every step that prefills `prefill_s` longer (offsets may be < 0): what a
+    serving engine's steps take beyond the profile's. The offsets: the worker loop's time, or
+    host work a pipelined engine hides behind the device; the scale: a CPU engine's share of
+    its core against the profile's (a CPU shared with other work runs every step slower);
+    `pipelined`: whether the engine overlaps steps (None: as `cost`)."""
+    served = ServedCostModel.of(cost)
+    scaled = {f.name: getattr(served, f.name) * scale for f in fields(ServedCostModel)
+              if f.name != "pipelined"}  # fmt: skip
+    floor = scaled["prefill_floor_s"]
+    return replace(served, **scaled | {
+        "base_s": scaled["base_s"] + decode_s,
+        "prefill_base_s": scaled["prefill_base_s"] + prefill_s - decode_s,
+        "prefill_floor_s": floor + prefill_s if floor else 0.0,
+        "pipelined": served.pipelined if pipelined is None else pipelined,
+    })  # fmt: skip
 
 
 def list_profiles() -> list[str]:
