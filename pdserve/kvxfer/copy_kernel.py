@@ -59,21 +59,9 @@ def copy_ranges(
         return False
     table //= 8
     max_words = int(table[2 * len(nbytes) :].max())
-    table_dev = _to_device(table, src.device)
+    # Allocated on the current stream: the caching allocator reuses it only after that stream
+    # has run this kernel, so the table lives as long as the copy needs it.
+    table_dev = torch.from_numpy(table).to(src.device, non_blocking=src.is_cuda)
     grid = (len(nbytes), triton.cdiv(max_words, CHUNK_WORDS))
     _copy_ranges_kernel[grid](s, d, table_dev, len(nbytes), CHUNK=CHUNK_WORDS)
     return True
-
-
-def _to_device(table: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The descriptor table on `device`, queued on the current stream. On a GPU it goes up from
-    pinned memory: from pageable memory the driver may hold the host until the stream reaches
-    the copy, and the copy stream is ordered after the compute whose KV it sends (a streamed
-    prefill's every layer). PyTorch's caching host allocator keeps the pinned block until the
-    copy ran; its device block, allocated on this stream, is reused only after the kernel ran."""
-    host = torch.from_numpy(table)
-    if device.type != "cuda":
-        return host.to(device)
-    pinned = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-    pinned.copy_(host)
-    return pinned.to(device, non_blocking=True)
