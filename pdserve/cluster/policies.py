@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Protocol
 
 from pdserve.cluster.cost_model import OnlineStepModel, StepCostModel
@@ -66,8 +67,17 @@ def add_pending(snap: InstanceSnapshot, num_tokens: int) -> InstanceSnapshot:
     """The snapshot as it will look once a request routed after it is queued: callers whose
     snapshots lag (published per step) add each routed request so a burst does not all land on
     the instance that looked idlest."""
-    return replace(snap, num_waiting=snap.num_waiting + 1,
-                   num_waiting_tokens=snap.num_waiting_tokens + num_tokens)  # fmt: skip
+    # `replace`, as a positional copy (replace walks fields() and builds kwargs: ~3x slower)
+    values = list(_snapshot_values(snap))
+    values[_WAITING] += 1
+    values[_WAITING_TOKENS] += num_tokens
+    return InstanceSnapshot(*values)
+
+
+_SNAPSHOT_FIELDS = tuple(f.name for f in fields(InstanceSnapshot))
+_snapshot_values = attrgetter(*_SNAPSHOT_FIELDS)
+_WAITING = _SNAPSHOT_FIELDS.index("num_waiting")
+_WAITING_TOKENS = _SNAPSHOT_FIELDS.index("num_waiting_tokens")
 
 
 def _least_loaded(instances: Sequence[InstanceSnapshot], budget: int) -> InstanceSnapshot:

@@ -10,7 +10,12 @@ from pdserve.sched.request import SchedRequest
 from pdserve.types import Logprob
 
 
-@dataclass(frozen=True, slots=True)
+# ScheduledSeq and StepPlan are built every step (one per scheduled request, one per step): plain
+# slotted dataclasses, not frozen ones, which cost several times as much to build. Treat them as
+# read-only all the same: the scheduler owns them, executors and callers only read.
+
+
+@dataclass(slots=True)
 class ScheduledSeq:
     """One request's share of a step: compute tokens [num_computed_tokens, + num_new_tokens).
 
@@ -48,7 +53,7 @@ class ScheduledSeq:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepPlan:
     step_id: int
     seqs: tuple[ScheduledSeq, ...]

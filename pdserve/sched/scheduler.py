@@ -173,8 +173,8 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         threshold = self.config.long_prefill_token_threshold
         allocate_slots = self.kv.allocate_slots
-        # request_id -> (request, num_computed_tokens, num_new_tokens), in scheduling order
-        scheduled: dict[str, tuple[SchedRequest, int, int]] = {}
+        # (request, num_computed_tokens, num_new_tokens), in scheduling order
+        scheduled: list[tuple[SchedRequest, int, int]] = []
         preempted: list[str] = []
 
         for req in list(self.running):
@@ -195,12 +195,15 @@ class Scheduler:
                 victim = self.waiting.victim(self.running)
                 self._preempt(victim)
                 preempted.append(victim.request_id)
-                if victim.request_id in scheduled:
-                    budget += scheduled.pop(victim.request_id)[2]
+                for k, entry in enumerate(scheduled):
+                    if entry[0] is victim:  # scheduled earlier in this step: give back its tokens
+                        budget += entry[2]
+                        del scheduled[k]
+                        break
                 if victim is req:
                     break
             else:
-                scheduled[req.request_id] = (req, req.num_computed_tokens, num_new)
+                scheduled.append((req, req.num_computed_tokens, num_new))
                 budget -= num_new
 
         # Admit waiting requests only when nothing had to be preempted: blocks are short.
@@ -227,22 +230,22 @@ class Scheduler:
                 break
             self._pop_waiting()
             self._admit(req, num_hit)
-            scheduled[req.request_id] = (req, num_hit, num_new)
+            scheduled.append((req, num_hit, num_new))
             budget -= num_new
 
         seqs = []
         publish = self.kv.publish_full_blocks
-        for req, num_computed, num_new in scheduled.values():
-            req.num_computed_tokens = num_computed + num_new
+        for req, num_computed, num_new in scheduled:
+            context_len = req.num_computed_tokens = num_computed + num_new
             # Samples: it computes the request's last token (known or pending) and may generate.
             samples = (
-                req.num_computed_tokens == len(req.token_ids) + req.num_pending
+                context_len == len(req.token_ids) + req.num_pending
                 and req.sampling.max_tokens > 0
             )
             if samples:
                 req.num_pending += 1
             seqs.append(ScheduledSeq(req, num_computed, num_new, samples))
-            publish(req, req.num_computed_tokens)
+            publish(req, context_len)
 
         plan = StepPlan(
             self._step_id,
