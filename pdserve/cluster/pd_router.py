@@ -2,9 +2,8 @@
 
     generate(req)
       decode  <- SUBMIT req as RECEIVE                    (reserves blocks for its uncached part)
-      prefill <- SUBMIT req as SEND "<rid>@prefill", max_tokens=1   (computes meanwhile)
       decode  -> KV_RESERVED(rid, num_cached, block_ids)
-      prefill <- KV_SEND(order: where the KV goes)  (streamed if it comes before the last chunk)
+      prefill <- SUBMIT req as SEND "<rid>@prefill", max_tokens=1; then KV_SEND(order)
       prefill -> TOKENS(first token)        ==> yielded at once (TTFT does not wait for the KV)
       prefill -> KV_SENT(ok | failed)       (the prefill's blocks are released either way)
       decode  <- KV_RECEIVED(rid, first token if ok else None: recompute there, same output)
@@ -244,13 +243,12 @@ class PDRouter:
         first_token: int | None = None
         receive = dataclasses.replace(req, kv_role=KVRole.RECEIVE)
         decode_flight = self.ctrl._submit(decode, receive, [], 0)
-        # The prefill starts while the decode side reserves (a round trip through its loop, off
-        # the TTFT); its KV waits for the order, which names the reserved blocks.
-        sampling = dataclasses.replace(req.sampling, max_tokens=1)
-        preq = dataclasses.replace(req, request_id=prid, sampling=sampling, kv_role=KVRole.SEND)
-        prefill_flight = self.ctrl._submit(prefill, preq, [], 0)
+        prefill_flight = None
         try:
             reservation = await self._await_reservation(reserved, decode_flight, decode)
+            sampling = dataclasses.replace(req.sampling, max_tokens=1)
+            preq = dataclasses.replace(req, request_id=prid, sampling=sampling, kv_role=KVRole.SEND)
+            prefill_flight = self.ctrl._submit(prefill, preq, [], reservation.num_cached_tokens)
             order = P.KVSendOrder(
                 prid, decode.info.kv_meta, reservation.num_cached_tokens, reservation.block_ids
             )

@@ -83,29 +83,6 @@ def test_pd_outputs_equal_fused_single_instance(pd_fleet, reference):
     assert moved == sum(-(-len(p) // 16) for p in PROMPTS)  # every prompt block, none cached
 
 
-def test_prefill_starts_before_the_decode_side_has_reserved(pd_fleet, reference, monkeypatch):
-    """The reservation's round trip is off the TTFT: the prefill SUBMIT goes out with the decode
-    side's, the order (KV_SEND) once the reservation is back; output unchanged."""
-    ctrl = pd_fleet.controller
-    seen = []
-    submit, on_message = ctrl._submit, ctrl.pd.on_message
-
-    def record_submit(record, req, *args, **kwargs):
-        seen.append(("submit", record.info.role))
-        return submit(record, req, *args, **kwargs)
-
-    def record_message(msg_type, body):
-        seen.append((msg_type, None))
-        on_message(msg_type, body)
-
-    monkeypatch.setattr(ctrl, "_submit", record_submit)
-    monkeypatch.setattr(ctrl.pd, "on_message", record_message)
-    prompt = prompts(7, 1)[0]
-    got = pd_fleet.run(run_request(ctrl, request("early", prompt, MAX_TOKENS)))
-    assert token_ids(got) == reference([prompt], MAX_TOKENS)[0]
-    assert seen[:3] == [("submit", "decode"), ("submit", "prefill"), (P.KV_RESERVED, None)]
-
-
 def test_partial_prefix_hit_on_decode_sends_only_the_missing_blocks(pd_fleet, reference):
     ctrl = pd_fleet.controller
     prefix = [5 + j % 97 for j in range(32)]  # two full blocks
