@@ -173,17 +173,21 @@ class KVHandoff:
         self._streaming.clear()
 
     def on_events(self, events: list[TokenEvent]) -> None:
-        """Note SEND requests whose prefill finished (their first token) without an order."""
+        """SEND requests whose prefill finished (their first token): noted until their order
+        comes; an order that came after the last chunk was launched (async scheduling: between
+        the step's launch and its outputs) found nothing left to stream, so its blocks go now."""
         for ev in events:
             rid = ev.request_id
             if not ev.is_finished or rid not in self.scheduler.sending:
                 continue
             first = ev.new_token_ids[-1] if ev.new_token_ids else None
             send = self.sends.get(rid)
-            if send is not None:
-                send.first_token_id = first
-            else:
+            if send is None:
                 self.first_tokens[rid] = first
+                continue
+            send.first_token_id = first
+            if not (send.is_posted or send.is_failed):
+                self._post_blocks(send, send.first_block + send.num_blocks)
 
     def poll(self) -> list[P.KVSendResult]:
         """Sends that ended since the last call; their blocks are released."""

@@ -176,6 +176,45 @@ def test_order_after_the_prefill_sends_the_whole_prompt_at_once():
     assert pair.transport.sent == [(0, None, 3, False)]
 
 
+class OrderAfterLaunch:
+    """The sender's executor, with the order arriving right after a step was launched, before
+    its outputs are collected: where a GPU worker's loop reads messages under async scheduling."""
+
+    def __init__(self, inner, order):
+        self.inner, self.order = inner, order
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def execute(self, plan):
+        return self._then_order(self.inner.execute(plan))
+
+    def launch(self, plan):
+        return self._then_order(self.inner.launch(plan))
+
+    def _then_order(self, out):
+        if self.order is not None:
+            self.order, order = None, self.order
+            order()
+        return out
+
+
+def test_order_between_the_last_chunks_launch_and_its_outputs_sends_when_the_prefill_ends():
+    prompt = [(31 * j) % 450 + 2 for j in range(40)]  # 3 blocks, one chunk
+    pair = make_pair(prompt)
+    pair.sender.core.executor = OrderAfterLaunch(pair.sender.core.executor, pair.order)
+    results = []
+    for _ in range(4):  # the prefill ends in the first step; the send is reported at once
+        events = pair.sender.core.step()
+        pair.handoff.on_events(events)
+        if results := pair.handoff.poll():
+            break
+    assert [(r.is_ok, r.num_blocks) for r in results] == [(True, 3)]
+    assert pair.transport.sent == [(0, None, 3, False)]  # all of it, once the outputs came
+    assert pair.sender.core.scheduler.sending == {}
+    pair.sender.core.check_integrity()
+
+
 def test_a_failed_layer_transfer_fails_the_send_once_the_prefill_ends():
     pair = make_pair([(23 * j) % 450 + 2 for j in range(72)], max_num_batched_tokens=32)
     pair.transport.inject_fault(Fault(FaultKind.TRUNCATE, "r"))  # the first transfer
