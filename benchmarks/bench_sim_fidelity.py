@@ -181,16 +181,23 @@ def sim_steps(sim) -> dict:
     return steps
 
 
-def calibration_requests(args):
-    return random_workload(args.calibration_requests, args.input_len, args.output_len,
-                           args.range_ratio, args.vocab_size, seed=args.seed + 1000)  # fmt: skip
+def calibration_requests(args, round_no: int = 0):
+    """The calibration requests (the same lengths each round; a later round's prompts are new:
+    a prompt seen before would be a prefix-cache hit)."""
+    requests = random_workload(args.calibration_requests, args.input_len, args.output_len,
+                               args.range_ratio, args.vocab_size, args.seed + 1000)  # fmt: skip
+    if round_no:
+        requests = with_fresh_prompts(requests, args.seed + 3000 + round_no, args.vocab_size)
+    return requests
 
 
-def calibrate(server: ServerProcess, profile, args, trace=None) -> tuple[dict, list[dict]]:
+def calibrate(
+    server: ServerProcess, profile, args, trace=None, round_no: int = 0
+) -> tuple[dict, list[dict]]:
     """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing);
     -> (overheads, the real requests' TTFT and TPOT, kept so a re-simulation can redo this)."""
     real = []
-    for r in calibration_requests(args):  # one at a time: each sent once the last one ended
+    for r in calibration_requests(args, round_no):  # one at a time, each once the last ended
         result, t0 = run_client(server, [replace(r, arrival_s=0.0)])
         tl = result.timelines[0]
         if not tl.is_success:
@@ -302,10 +309,14 @@ def traced_overheads(calibration: list[dict], cost, scaled: bool = False) -> dic
     """From the calibration requests' traces (one request at a time, so nothing queues):
 
         request_s = front end in + front end out    (client -> worker, worker -> client)
-        scale     = real / model, every step        (`scaled`: a CPU worker's share of its core)
         pipelined = the engine launched steps while others ran (async scheduling)
-        decode_s  = real - scale * model, decode-only steps (the loop's time, host work hidden)
-        prefill_s = real - scale * model, steps that prefill
+    and either (`scaled`, a CPU engine: its steps run on a core other work shares, all slower
+    or faster by the same factor)
+        scale     = real / model, every step
+    or (a GPU engine: its steps differ from the profile's synchronous ones by host work, hidden
+    behind the device or added by the worker loop, the same for every step of a kind)
+        decode_s  = real - model, decode-only steps
+        prefill_s = real - model, steps that prefill
 
     measured, not inferred from TTFT and TPOT residuals (which put any step-time error of the
     prefill on the front end, where the simulator delays the request instead of the step).
@@ -320,18 +331,17 @@ def traced_overheads(calibration: list[dict], cost, scaled: bool = False) -> dic
                       for shape, real_s, _ in real_steps(worker_steps)]  # fmt: skip
         for r, t_sub, t_first in matched_requests(c, [c["request"]]):
             front.append((t_sub - r[0]) + (r[5] - t_first))
-    scale = statistics.median(real / model for _, real, model in steps) if scaled else 1.0
-    decode = [real - scale * model for s, real, model in steps if not s.num_prefill_tokens]
-    prefill = [real - scale * model for s, real, model in steps if s.num_prefill_tokens]
+    decode = [real - model for s, real, model in steps if not s.num_prefill_tokens]
+    prefill = [real - model for s, real, model in steps if s.num_prefill_tokens]
     if not front or not decode or not prefill:
         return None
-    return {
-        "request_s": statistics.median(front),
-        "step_s": 0.0,
-        "scale": scale,
-        "decode_s": statistics.median(decode),
-        "prefill_s": statistics.median(prefill),
-    }
+    if scaled:
+        scale = statistics.median(real / model for _, real, model in steps)
+        return {"request_s": statistics.median(front), "step_s": 0.0, "scale": scale,
+                "decode_s": 0.0, "prefill_s": 0.0, "pipelined": pipelined}  # fmt: skip
+    return {"request_s": statistics.median(front), "step_s": 0.0, "scale": 1.0,
+            "decode_s": statistics.median(decode), "prefill_s": statistics.median(prefill),
+            "pipelined": pipelined}  # fmt: skip
 
 
 def print_breakdown(point: dict, profile) -> None:
@@ -541,7 +551,7 @@ def main() -> None:
                 each_rate = args.device == "cpu"
             if not args.no_calibrate and (k == 0 or each_rate):
                 # Right before the rate: a shared box's load drifts (other work, throttling).
-                overheads, calibration = calibrate(server, profile, args, trace)
+                overheads, calibration = calibrate(server, profile, args, trace, k)
                 print(f"overheads: {describe(overheads)}", flush=True)
             # Same lengths and arrival process at every rate, never-seen prompts (no prefix hits).
             requests = with_fresh_prompts(with_arrivals(base, rate, seed=args.seed), args.seed + k,

@@ -67,6 +67,7 @@ class ServedCostModel(StepCostModel):
     step that prefills in another way than a linear sum of its parts:
 
         decode only:   base + per_decode_seq * seqs + per_decode_ctx_token * ctx
+                       (+ single_seq_s when seqs == 1)
         with prefill:  max(prefill_floor_s, base + prefill_base_s + per_prefill_token * tokens
                            + per_prefill_pair * pairs + per_mixed_seq_s * seqs
                            + per_mixed_ctx_token_s * ctx)
@@ -76,6 +77,9 @@ class ServedCostModel(StepCostModel):
     host launching ~500 kernels takes ~13 ms on an H100 for Llama-8B, longer than the device
     needs for a prompt of up to ~600 tokens: such steps take the host's time whatever their
     size (prefill_floor_s; the measured profile shows 16- to 512-token prefills all at 13-14 ms).
+    On a CPU a lone decode row multiplies the weights as a matrix-vector product, at about
+    half the cost of any batched step, which repacks the weights (the embedded SmolLM2 on one
+    thread: 1 seq ~100 ms, 2 to 8 seqs ~190-230 ms): single_seq_s < 0; ~0 on a GPU's graphs.
     A decode seq inside a prefill step is one more row of the same matmuls (per_mixed_seq_s,
     fitted as per_prefill_token_s), not a graph's per-seq cost, and its attention runs in the
     prefill kernel (per_mixed_ctx_token_s: 4x the decode kernel's per context token in the H100
@@ -90,6 +94,7 @@ class ServedCostModel(StepCostModel):
     # The engine launches a step while the one before runs (async scheduling, a GPU server's
     # default): a step's host-bound floor then overlaps the step before it (`shape_time`).
     pipelined: bool = False
+    single_seq_s: float = 0.0
 
     def step_time(self, shape: StepShape) -> float:
         return self.shape_time(shape.num_prefill_tokens, shape.num_prefill_pairs,
@@ -102,9 +107,8 @@ class ServedCostModel(StepCostModel):
         started as that one ended (a pipelined engine launched it meanwhile: of its floor, what
         the host did then is hidden)."""
         if not p_tok:
-            return (
-                self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
-            )
+            t = self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
+            return t + self.single_seq_s if d_seqs == 1 else t
         t = (self.base_s + self.prefill_base_s + self.per_prefill_token_s * p_tok
              + self.per_prefill_pair_s * p_pairs + self.per_mixed_seq_s * d_seqs
              + self.per_mixed_ctx_token_s * d_ctx)  # fmt: skip
@@ -142,8 +146,16 @@ class ServedCostModel(StepCostModel):
         prefill = [(s, t) for s, t in zip(shapes, times_s) if s.num_prefill_tokens]
         if len(decode) < 3 or len(prefill) < 3 or any(t <= 0 for t in times_s):
             return StepCostModel.fit(shapes, times_s)
-        rows = [[1 / t, s.num_decode_seqs / t, s.num_decode_ctx_tokens / t] for s, t in decode]
-        base, per_seq, per_ctx = nnls(rows, [1.0] * len(rows))
+        # columns: fixed, seqs, context, a lone seq + and - (only when both kinds were measured)
+        singles = {s.num_decode_seqs == 1 for s, _ in decode} == {True, False}
+        rows = []
+        for s, t in decode:
+            row = [1 / t, s.num_decode_seqs / t, s.num_decode_ctx_tokens / t]
+            lone = float(s.num_decode_seqs == 1) / t
+            rows.append(row + [lone, -lone] if singles else row)
+        x = nnls(rows, [1.0] * len(rows))
+        base, per_seq, per_ctx = x[:3]
+        single = x[3] - x[4] if singles else 0.0
         has_mixed = any(s.num_decode_seqs for s, _ in prefill)
 
         def fit_linear(steps, floor: float) -> ServedCostModel:
@@ -168,7 +180,7 @@ class ServedCostModel(StepCostModel):
                 weights = [sw / max(abs(y - sum(a * b for a, b in zip(r, x))), 1e-3) ** 0.5
                            for r, y, sw in zip(rows, ys, size_weights)]  # fmt: skip
             return cls(base, x[2], x[3], per_seq, per_ctx, x[0] - x[1], floor, x[2],
-                       x[4] if has_mixed else per_ctx)  # fmt: skip
+                       x[4] if has_mixed else per_ctx, False, single)  # fmt: skip
 
         def misses(model, steps) -> list[float]:
             return [abs(model.step_time(s) - t) / t for s, t in steps]
@@ -194,7 +206,8 @@ class ServedCostModel(StepCostModel):
 
 IRLS_ROUNDS = 8
 OUTLIER = 0.2  # a step the fit misses by more than this (relative) is noise, not the model's
-SERVED_FIELDS = ("prefill_base_s", "prefill_floor_s", "per_mixed_seq_s", "per_mixed_ctx_token_s")
+SERVED_FIELDS = ("prefill_base_s", "prefill_floor_s", "per_mixed_seq_s", "per_mixed_ctx_token_s",
+                 "single_seq_s")  # fmt: skip
 
 
 def cost_from_dict(d: dict) -> StepCostModel:

@@ -19,16 +19,16 @@ from pdserve.types import Request, SamplingParams
 TRUE = ServedCostModel(
     base_s=7e-3, per_prefill_token_s=2e-5, per_prefill_pair_s=3e-9, per_decode_seq_s=1e-5,
     per_decode_ctx_token_s=1.5e-7, prefill_base_s=-2e-3, prefill_floor_s=13e-3,
-    per_mixed_seq_s=2e-5, per_mixed_ctx_token_s=4e-7,
+    per_mixed_seq_s=2e-5, per_mixed_ctx_token_s=4e-7, single_seq_s=-5e-4,
 )  # fmt: skip
 FITTED = ("base_s", "per_prefill_token_s", "per_prefill_pair_s", "per_decode_seq_s",
           "per_decode_ctx_token_s", "prefill_base_s", "prefill_floor_s", "per_mixed_seq_s",
-          "per_mixed_ctx_token_s")  # fmt: skip
+          "per_mixed_ctx_token_s", "single_seq_s")  # fmt: skip
 
 
 def grid() -> list[StepShape]:
     """Decode batches, lone prompts and prompts joining decode batches, as `pdserve profile`."""
-    shapes = [StepShape(0, 0, b, b * c) for b in (1, 4, 16, 64) for c in (128, 600, 1024)]
+    shapes = [StepShape(0, 0, b, b * c) for b in (1, 2, 4, 16, 64) for c in (128, 600, 1024)]
     shapes += [StepShape(p, p * (p + 1) // 2) for p in (16, 64, 256, 512, 1024, 1536, 2048)]
     shapes += [StepShape(p, p * (p + 1) // 2, b, b * 600) for p in (64, 512, 1024, 2048)
                for b in (2, 16, 48)]  # fmt: skip
@@ -43,6 +43,8 @@ def test_step_time_is_the_floor_or_the_linear_sum():
     assert TRUE.step_time(big) == pytest.approx(linear, rel=1e-12)
     decode = StepShape(0, 0, 16, 9600)
     assert TRUE.step_time(decode) == pytest.approx(7e-3 + 1e-5 * 16 + 1.5e-7 * 9600, rel=1e-12)
+    lone = StepShape(0, 0, 1, 600)  # a lone decode row: its own path (a CPU's matrix-vector)
+    assert TRUE.step_time(lone) == pytest.approx(7e-3 + 1e-5 + 1.5e-7 * 600 - 5e-4, rel=1e-12)
     assert TRUE.tokens_time(16, context_len=0) == 13e-3
 
 
@@ -119,7 +121,7 @@ def _instance(cost) -> SimInstance:
 def test_sim_instance_overlaps_only_back_to_back_steps():
     pipelined = ServedCostModel.of(TRUE, pipelined=True)
     inst = _instance(pipelined)
-    decode = 7e-3 + 1e-5 + 1.5e-7 * 17  # one seq, 17 tokens of context
+    decode = 7e-3 + 1e-5 + 1.5e-7 * 17 - 5e-4  # one seq, 17 tokens of context
     inst.scheduler.add_request(Request("a", tuple(range(10, 26)), SamplingParams(3), 0.0))
     assert inst.start_step(0.0) == 13e-3  # prefill after idle: the whole floor
     inst.end_step(13e-3)
