@@ -1,0 +1,74 @@
+"""The fidelity benchmark's reading of a worker step trace ($PDSERVE_STEP_TRACE): each step's
+real time as the simulator times one, and the calibration measured from it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+
+from bench_sim_fidelity import real_steps, traced_overheads  # noqa: E402
+
+from pdserve.cluster.cost_model import StepCostModel  # noqa: E402
+
+PREFILL, DECODE = [100, 5050, 0, 0], [0, 0, 1, 101]
+
+
+def step(t0: float, t1: float, shape: list, in_flight: bool, first: list) -> list:
+    """A trace row as `StepTraceReader` keeps it."""
+    return [t0, t1, *shape, int(in_flight), first]
+
+
+def test_sync_steps_run_from_their_call_to_the_next_call_or_to_their_end_when_idle():
+    steps = [
+        step(0.000, 0.100, PREFILL, False, ["a"]),
+        step(0.101, 0.151, DECODE, False, []),  # the loop's 1 ms between calls counts
+        step(0.152, 0.202, DECODE, False, []),  # then idle for a second
+        step(1.202, 1.302, PREFILL, False, ["b"]),
+    ]
+    got = [(s.num_prefill_tokens, round(t, 6), start) for s, t, start in real_steps(steps)]
+    assert got == [(100, 0.101, 0.0), (0, 0.051, 0.101), (0, 0.05, 0.152), (100, 0.1, 1.202)]
+
+
+def test_async_steps_run_from_the_collect_before_to_their_own_collect():
+    # call 1 launches the prefill after an idle loop (nothing to collect), call 2 launches a
+    # decode and collects the prefill (first token), call 3 launches the next and collects.
+    steps = [
+        step(0.000, 0.013, PREFILL, True, []),
+        step(0.0131, 0.020, DECODE, True, ["a"]),
+        step(0.0201, 0.027, DECODE, True, []),
+        step(0.0271, 0.034, DECODE, False, []),  # the last: ran synchronously (nothing after)
+    ]
+    got = [(s.num_prefill_tokens, round(t, 6)) for s, t, _ in real_steps(steps)]
+    assert got == [(100, 0.02), (0, 0.007), (0, 0.007), (0, 0.0069)]
+
+
+def _calibration(front_in: float, front_out: float, prefill_s: float, decode_s: float) -> dict:
+    t_sub = 1.0 + front_in
+    steps = [step(t_sub, t_sub + prefill_s, PREFILL, False, ["r"])]
+    t = t_sub + prefill_s
+    for _ in range(3):
+        steps.append(step(t, t + decode_s, DECODE, False, []))
+        t += decode_s
+    request = [1.0, 100, None, None, 4, t_sub + prefill_s + front_out, t]
+    return {"steps": {"worker-0": steps}, "submits": {"worker-0": [[t_sub, 100, "r"]]},
+            "request": request}  # fmt: skip
+
+
+def test_calibration_measures_the_front_end_and_each_kind_of_step_against_the_model():
+    model = StepCostModel(0.010, 1e-4, 0.0, 0.0, 0.0)  # prefill of 100: 20 ms, decode: 10 ms
+    calibration = [_calibration(0.002, 0.003, 0.025, 0.009) for _ in range(3)]
+    gpu = traced_overheads(calibration, model)
+    assert gpu["request_s"] == pytest.approx(0.005)
+    assert gpu["prefill_s"] == pytest.approx(0.005) and gpu["decode_s"] == pytest.approx(-0.001)
+    assert gpu["scale"] == 1.0 and gpu["pipelined"] is False
+    cpu = traced_overheads(calibration, model, scaled=True)
+    assert cpu["scale"] == pytest.approx(0.9)  # the median step: a decode at 9 of 10 ms
+    assert cpu["decode_s"] == cpu["prefill_s"] == 0.0
+
+
+def test_calibration_without_traces_is_none():
+    assert traced_overheads([{"ttft_s": 0.1, "tpot_s": 0.01}], StepCostModel(0, 0, 0, 0, 0)) is None
