@@ -36,7 +36,7 @@ from pdserve.sim.events import (
 from pdserve.sim.instance import SIM_TOKEN_ID, SimInstance
 from pdserve.sim.network import Network, Topology
 from pdserve.sim.trace import ChromeTrace
-from pdserve.types import Request, SamplingParams
+from pdserve.types import Request, SamplingParams, TokenEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,15 +228,30 @@ class SimCluster:
         self.loop.num_fired += self._num_lazy_fired
 
     def _advance(self, inst: SimInstance, until_s: float) -> None:
-        """Fire the instance's events before `until_s` (each start schedules the next end)."""
+        """Fire the instance's events before `until_s` (each start schedules the next end):
+        `on_step_end` and `on_step_start` as a lazy run has them (no failures, no trace, no KV
+        events), in one loop: this is where a large run spends its time."""
+        if inst.next_s >= until_s:
+            return
+        step_overhead_s = self.config.step_overhead_s
+        plans = self.plans[inst.instance_id] if self.config.record_plans else None
+        num_fired = 0
         while inst.next_s < until_s:
             now = inst.next_s
-            inst.next_s = float("inf")
-            self._num_lazy_fired += 1
+            num_fired += 1
             if inst.is_busy:
-                self.on_step_end(inst, now)
+                self._take_events(inst, inst.end_step(now), now)
+                inst.capture(now)
             else:
-                self.on_step_start(inst, now)
+                inst.kick_pending = False
+            if inst.scheduler.requests:  # has_unfinished: the next step starts now
+                duration_s = inst.start_step(now) + step_overhead_s
+                if plans is not None:
+                    plans.append((now, inst.plan.summary()))
+                inst.next_s = now + duration_s
+            else:
+                inst.next_s = float("inf")
+        self._num_lazy_fired += num_fired
 
     # ---- events --------------------------------------------------------------------------
 
@@ -268,17 +283,7 @@ class SimCluster:
             self._start(inst, now)
 
     def on_step_end(self, inst: SimInstance, now: float) -> None:
-        for event in inst.end_step(now):
-            state = self._reqs[event.request_id]
-            tl = state.timeline
-            if event.new_token_ids:
-                tl.token_times_s.append(now)
-                tl.num_output_tokens += len(event.new_token_ids)
-            if event.finish_reason is not None:
-                if state.stage == "prefill" and state.bench.output_len > 1:
-                    self._hand_off(state, inst, now)
-                else:
-                    self._finish(state, now)
+        self._take_events(inst, inst.end_step(now), now)
         if self.is_lazy:
             inst.capture(now)  # feeds_index is off: no KV events
         else:
@@ -289,6 +294,22 @@ class SimCluster:
                 inst.kv_seq_no += 1
         if inst.scheduler.has_unfinished:
             self._start(inst, now)
+
+    def _take_events(self, inst: SimInstance, events: list[TokenEvent], now: float) -> None:
+        """A step's token events into the request timelines; finished requests end (or, on a
+        prefill instance, go on to their decode instance)."""
+        reqs = self._reqs
+        for event in events:
+            state = reqs[event.request_id]
+            tl = state.timeline
+            if event.new_token_ids:
+                tl.token_times_s.append(now)
+                tl.num_output_tokens += len(event.new_token_ids)
+            if event.finish_reason is not None:
+                if state.stage == "prefill" and state.bench.output_len > 1:
+                    self._hand_off(state, inst, now)
+                else:
+                    self._finish(state, now)
 
     def _hand_off(self, state: _ReqState, src: SimInstance, now: float) -> None:
         decodes = self._live("decode")

@@ -66,3 +66,14 @@ def test_preloaded_events_fire_where_pushing_them_first_would():
     assert [name for _, name in order_pushed] == [
         "a0", "s0", "a1", "a2", "x", "s1", "a3", "f", "s2"]  # fmt: skip
     assert preloaded.num_fired == 9 and len(preloaded) == 0
+
+
+def test_add_pending_is_replace_of_the_two_waiting_fields():
+    from dataclasses import replace
+
+    from pdserve.cluster.policies import add_pending
+    from pdserve.types import InstanceSnapshot
+
+    snap = InstanceSnapshot("i3", 2, 5, 300, 40, 900, 12, 1000, 16, 0.004, 256, 77, "decode", "2",
+                            1.5)  # fmt: skip
+    assert add_pending(snap, 128) == replace(snap, num_waiting=3, num_waiting_tokens=428)
