@@ -16,9 +16,10 @@ from operator import attrgetter
 from typing import Protocol
 
 from pdserve.cluster.cost_model import OnlineStepModel, StepCostModel
-from pdserve.types import InstanceSnapshot, Request
+from pdserve.types import InstanceSnapshot, Request, fast_init
 
 
+@fast_init  # one per routed request
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """Where a request goes. `decode_instance_id` is set only for a (prefill, decode) pair."""
