@@ -34,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,7 +144,16 @@ def start_server(args, step_trace: str = "") -> ServerProcess:
     if args.threads:
         cmd += ["--worker-threads", str(args.threads)]
     print("server:", " ".join(cmd[1:]), flush=True)
-    return ServerProcess(cmd, env=_env(args, step_trace), start_timeout_s=args.start_timeout_s)
+    server = ServerProcess(cmd, env=_env(args, step_trace), start_timeout_s=args.start_timeout_s)
+    # `pdserve up` answers /health before its workers registered (503 to requests till then)
+    probe = random_workload(1, 8, 1, 0.0, args.vocab_size, seed=args.seed + 4000)
+    deadline = time.monotonic() + args.start_timeout_s
+    while not server.run(probe).timelines[0].is_success:
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"the server answered no request in {args.start_timeout_s:g} s")
+        time.sleep(1.0)
+    return server
 
 
 def sim_run(requests, profile, args, overheads: dict, trace: bool = False):
@@ -380,16 +390,18 @@ def resimulate(
     fit: str = "served",
     offsets_ms: tuple | None = None,
     step_overhead_ms: float | None = None,
+    calibration_kind: str = "traced",
 ) -> None:
     """Simulate a recorded fidelity run's workload again, its profile refitted from its samples
     (`fit`: "served" = `ServedCostModel.fit`, "linear" = `StepCostModel.fit`), against the
     recorded real results (no server, no device): for checking a cost-model change on runs
     made elsewhere (e.g. on an H100). The calibration is redone with the refitted model: from
-    its traces when the record has them (`traced_overheads`); from its TTFT/TPOT otherwise
-    (`overheads_from`); a record without either (before 03f9bda) gets its calibration
-    requests' real TTFT back as their simulation with the recorded fit plus the recorded front
-    end, so only the change of the prefill's model moves the front end. `offsets_ms`: (decode,
-    prefill) per-step corrections to use instead (e.g. from a single-stream run)."""
+    its traces when the record has them (`traced_overheads`; `calibration_kind` "residual": as
+    before them) or from its TTFT/TPOT (`overheads_from`); a record without either (before
+    03f9bda) gets its calibration requests' real TTFT back as their simulation with the
+    recorded fit plus the recorded front end, so only the change of the prefill's model moves
+    the front end. `offsets_ms`: (decode, prefill) per-step corrections to use instead (e.g.
+    from a single-stream run)."""
     import argparse as _argparse
 
     from pdserve.cluster.cost_model import StepCostModel, StepShape
@@ -406,7 +418,8 @@ def resimulate(
     print(f"refitted {profile.name} ({fit}): {cost}")
 
     def recalibrate(calibration: list | None, recorded: dict) -> dict:
-        overheads = traced_overheads(calibration, cost, scaled) if calibration else None
+        traced = calibration and calibration_kind == "traced"
+        overheads = traced_overheads(calibration, cost, scaled) if traced else None
         if overheads is None and calibration:
             overheads = overheads_from(calibration, profile, args)
         if overheads is None:  # no calibration recorded: rebuild its TTFTs from the recorded fit
@@ -449,7 +462,7 @@ def resimulate(
         if "real_trace" in point:
             print_breakdown(new, profile)
         points.append(new)
-    out = path.with_name(path.stem + f"-resim-{fit}.json")
+    out = path.with_name(path.stem + f"-resim-{fit}-{calibration_kind}.json")
     out.write_text(json.dumps({**rec, "command": " ".join(sys.argv), "profile_cost":
                                cost.to_dict(), "overheads_s": overheads,
                                "resimulated_from": path.name, "points": points},
@@ -492,7 +505,12 @@ def main() -> None:
     p.add_argument("--no-step-trace", dest="step_trace", action="store_false",
                    help="no worker step trace ($PDSERVE_STEP_TRACE) in the JSON")  # fmt: skip
     p.add_argument("--start-timeout-s", type=float, default=600.0)
-    p.add_argument("--heartbeat-timeout-s", type=float, default=5.0, help="pdserve up's")
+    p.add_argument(
+        "--heartbeat-timeout-s",
+        type=float,
+        default=60.0,
+        help="pdserve up's (a worker heartbeats between steps: a CPU step takes s)",
+    )
     p.add_argument("--result-dir", default=str(ROOT / "docs/results/sim_fidelity"))
     p.add_argument("--label", default=None)
     p.add_argument(
@@ -508,12 +526,18 @@ def main() -> None:
         help="--resim: replace the recorded per-step correction",
     )
     p.add_argument("--fit", default="served", choices=("served", "linear"), help="--resim")
+    p.add_argument(
+        "--calibration",
+        default="traced",
+        choices=("traced", "residual"),
+        help="--resim: from the recorded traces, or from TTFT/TPOT residuals",
+    )
     p.add_argument("--offsets-ms", default=None, metavar="DECODE,PREFILL",
                    help="--resim: decode-only and prefill steps' corrections")  # fmt: skip
     args = p.parse_args()
     if args.resim:
         offsets = tuple(float(v) for v in args.offsets_ms.split(",")) if args.offsets_ms else None
-        resimulate(Path(args.resim), args.fit, offsets, args.step_overhead_ms)
+        resimulate(Path(args.resim), args.fit, offsets, args.step_overhead_ms, args.calibration)
         return
     if args.routing is None:
         from pdserve.cluster.policies import DEFAULT_POLICY
