@@ -123,6 +123,9 @@ def main(args: argparse.Namespace) -> int:
             split = []
     shapes, times = [s for s, _ in samples], [t for _, t in samples]
     cost = ServedCostModel.fit(shapes, times)
+    if engine.device.type == "cuda" and isinstance(cost, ServedCostModel):
+        # the server's default on a GPU: async scheduling launches a step while one runs
+        cost = ServedCostModel.of(cost, pipelined=True)
     device = engine.device.type if engine.device.type == "cpu" else torch.cuda.get_device_name()
     model = engine.model_config.name or args.model or "embedded"
     short = Path(model).stem if "/" in model else model.replace("dummy:", "")  # a path: its file
