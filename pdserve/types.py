@@ -186,6 +186,9 @@ class InstanceSnapshot:
     role: str = "fused"  # "fused" | "prefill" | "decode"
     incarnation: str = ""
     now_s: float = 0.0
+    # What it runs on: model, device type, step budget. Instances of one role and kind share a
+    # step-time model in the routing policies ("": unknown, one kind).
+    kind: str = ""
 
     @property
     def kv_usage(self) -> float:

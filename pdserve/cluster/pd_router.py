@@ -115,7 +115,7 @@ class PDRouter:
         self._reserved: dict[str, asyncio.Future] = {}  # rid -> KVReservation
         self._sent: dict[str, asyncio.Future] = {}  # prefill rid -> KVSendResult
         self._hasher: BlockHasher | None = None
-        self._steps = Ttft(controller.config.policy)  # per-instance step-time fits (`observe`)
+        self._steps = Ttft(controller.config.policy)  # step-time fits per role and kind (`observe`)
         self.configure(config)
         self.last_choice: PDChoice | None = None
         self._aborted: dict[str, None] = {}  # rids that `abort` ended, until their stream ends

@@ -237,19 +237,23 @@ class Prefix:
 
 
 class Ttft:
-    """Minimum estimated TTFT: queue wait + prefill of the uncached suffix, from each instance's
-    step times fitted online from its snapshots. Instances without room for the request's KV,
-    or above `kv_veto` usage, are skipped while any other remains; among equal estimates the
-    one with less decode pressure (KV usage, then running sequences) wins. A prefix no instance
-    holds goes, among the instances estimated within `load_slack` of the best, to the one owning
-    the fewest prefixes (`PrefixOwners`): the first request of a new prefix brings its stream."""
+    """Minimum estimated TTFT: queue wait + prefill of the uncached suffix, from step times fitted
+    online from the snapshots. Instances of one role and kind (`InstanceSnapshot.kind`: model,
+    device, step budget) share one step model: fitted per instance, from each one's own few
+    noisy steps, the estimates of identical instances drifted more than `load_slack` apart and
+    sent runs of requests to one while the other idled (two CPU workers, 2026-11-27: 10/6, 12/4
+    and 11/5 of 16 requests). Instances without room for the request's KV, or above `kv_veto`
+    usage, are skipped while any other remains; among equal estimates the one with less decode
+    pressure (KV usage, then running sequences) wins. A prefix no instance holds goes, among the
+    instances estimated within `load_slack` of the best, to the one owning the fewest prefixes
+    (`PrefixOwners`): the first request of a new prefix brings its stream."""
 
     name, needs_prefix = "ttft", True
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
         self.owners = PrefixOwners()
-        self._models: dict[str, OnlineStepModel] = {}
+        self._models: dict[tuple[str, str], OnlineStepModel] = {}  # (role, kind) -> model
         # instance_id -> (step_tokens, step_time_s) of the last step learned from: heartbeats
         # repeat the last step while an instance idles, and a repeat is not a new measurement.
         self._seen: dict[str, tuple[int, float]] = {}
@@ -260,10 +264,10 @@ class Ttft:
 
     def observe(self, snap: InstanceSnapshot) -> OnlineStepModel:
         instance_id = snap.instance_id
-        model = self._models.get(instance_id)
+        model = self._models.get((snap.role, snap.kind))
         if model is None:
             model = OnlineStepModel(self.config.prior or DEFAULT_PRIOR)
-            self._models[instance_id] = model
+            self._models[snap.role, snap.kind] = model
         # Learn once per step: heartbeats repeat the last step's measurement until the next one.
         step = snap.num_steps or (snap.step_tokens, snap.step_time_s)
         if self._seen.get(instance_id) != step:
@@ -289,12 +293,16 @@ class Ttft:
         prompt_len = len(req.prompt_token_ids)
         max_tokens = req.sampling.max_tokens
         get_terms = self._terms.get
-        rows = []  # (vetoed, est, kv_usage, num_running, i, num_matched)
-        for i, snap in enumerate(instances):
+        # Every snapshot observed before any estimate: instances of a kind share a step model.
+        fleet_terms = []
+        for snap in instances:
             terms = get_terms(snap.instance_id)
             if terms is None or terms[0] is not snap:
                 terms = self._snap_terms(snap)
-            _, step_time, decode_tokens, prefill_ahead, per_step, kv_usage = terms
+            fleet_terms.append(terms)
+        rows = []  # (vetoed, est, kv_usage, num_running, i, num_matched)
+        for i, terms in enumerate(fleet_terms):
+            snap, step_time, decode_tokens, prefill_ahead, per_step, kv_usage = terms
             num_matched = matched.get(snap.instance_id, 0) if matched else 0
             uncached = max(prompt_len - num_matched * snap.block_size, 1)
             # cost_model.estimate_ttft_s(snap, uncached, step_time, budget), its

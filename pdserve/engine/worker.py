@@ -36,6 +36,7 @@ class Worker:
     ):
         self.sock = sock
         self.handoff = handoff  # engine.pd.KVHandoff of a prefill/decode worker, else None
+        self.kind = ""  # InstanceSnapshot.kind: what it runs on (set by `main`)
         self.core = engine.core
         self.info = info
         self.heartbeat_s = heartbeat_s
@@ -114,7 +115,7 @@ class Worker:
 
     def status(self) -> P.WorkerStatus:
         snap = self.core.snapshot()
-        snap = replace(snap, incarnation=self.info.incarnation, role=self.info.role)
+        snap = replace(snap, incarnation=self.info.incarnation, role=self.info.role, kind=self.kind)
         s = self.core.scheduler.stats
         stats = P.EngineStats(
             s.prefix_queries, s.prefix_hits, s.num_preemptions, s.prompt_tokens,
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     engine.core.instance_id = args.instance_id
     worker = Worker(sock, engine, info, args.heartbeat_s, handoff)
+    budget = cfg.scheduler.max_num_batched_tokens
+    worker.kind = f"{info.model} on {_device_name(cfg.device)}, {budget} tokens a step"
     from pdserve.config import env_str
 
     trace_path = env_str("PDSERVE_STEP_TRACE")
@@ -315,6 +318,15 @@ def _handoff(args, engine, incarnation: str):
     handoff = make_handoff(sched, runner.kv_cache, kind, name)
     engine.core.executor = StreamingExecutor(runner, runner.model, handoff)  # layer streaming
     return handoff
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    from pdserve.engine.factory import resolve_device
+
+    dev = resolve_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
 
 
 def _build(args, progress):

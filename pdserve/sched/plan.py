@@ -9,7 +9,6 @@ from typing import Protocol
 from pdserve.sched.request import SchedRequest
 from pdserve.types import Logprob
 
-
 # ScheduledSeq and StepPlan are built every step (one per scheduled request, one per step): plain
 # slotted dataclasses, not frozen ones, which cost several times as much to build. Treat them as
 # read-only all the same: the scheduler owns them, executors and callers only read.

@@ -100,6 +100,12 @@ class Scheduler:
                 f"the prompt has {prompt_len} tokens and max_tokens is {req.sampling.max_tokens}: "
                 f"{total} tokens exceed the model's context of {max_len} tokens"
             )
+        budget = self.config.max_num_batched_tokens
+        if not self.config.enable_chunked_prefill and prompt_len > budget:
+            raise ValueError(
+                f"the prompt has {prompt_len} tokens but a step computes at most {budget} "
+                "(max_num_batched_tokens) and chunked prefill is off"
+            )  # it would wait forever: a step never takes a part of it
         num_blocks_needed = cdiv(total, self.block_size)
         if num_blocks_needed > self.kv.num_blocks:
             raise ValueError(
@@ -239,8 +245,7 @@ class Scheduler:
             context_len = req.num_computed_tokens = num_computed + num_new
             # Samples: it computes the request's last token (known or pending) and may generate.
             samples = (
-                context_len == len(req.token_ids) + req.num_pending
-                and req.sampling.max_tokens > 0
+                context_len == len(req.token_ids) + req.num_pending and req.sampling.max_tokens > 0
             )
             if samples:
                 req.num_pending += 1

@@ -167,6 +167,7 @@ class SimInstance:
             step_tokens=plan.num_batched_tokens if plan is not None else 0,
             role=self.role,
             incarnation=str(self.incarnation),
+            kind=self.gpu,
         )
         return self.view
 
@@ -191,7 +192,8 @@ class SimInstance:
             load, now, step_time_s, step_tokens = self.published
             view = self.scheduler.snapshot_of(load, self.instance_id, now, step_time_s=step_time_s,
                                               step_tokens=step_tokens, role=self.role,
-                                              incarnation=str(self.incarnation))  # fmt: skip
+                                              incarnation=str(self.incarnation),
+                                              kind=self.gpu)  # fmt: skip
             self.num_view_pending = 0
         if self.num_view_pending < len(pending):
             for num_tokens in pending[self.num_view_pending :]:

@@ -242,9 +242,9 @@ def test_ttft_estimates_equal_the_cost_models_over_new_and_reused_snapshots():
         req = request(f"r{step}", range(rng.randrange(1, 700)))
         decision = policy.route(req, instances, 0.0)
         chosen = next(s for s in instances if s.instance_id == decision.instance_id)
-        model = reference.observe(chosen)
-        for snap in instances:
+        for snap in instances:  # one step model for the three (same role and kind)
             reference.observe(snap)
+        model = reference.observe(chosen)
         uncached = max(len(req.prompt_token_ids), 1)
         assert decision.est_ttft_s == estimate_ttft_s(chosen, uncached, model.step_time, 512)
 

@@ -115,6 +115,25 @@ def test_ttft_learns_step_times_from_snapshots():
     assert decision.est_ttft_s == pytest.approx(0.01 + 0.001 * 320)
 
 
+def test_ttft_instances_of_one_role_and_kind_share_one_step_model():
+    """One instance measured slow steps (a warm-up, a noisy box), the other fast ones: as the
+    same kind their estimates stay equal, so load decides (here: the tie to less KV usage)."""
+    policy = make_policy("ttft", CONFIG)
+    steps = {"i0": [(100, 0.11), (500, 0.51)], "i1": [(100, 1.1), (500, 5.1)]}
+    for k in range(2):
+        for i in range(2):
+            tokens, secs = steps[f"i{i}"][k]
+            policy.route(request(), [snap(i, step_tokens=tokens, step_time_s=secs, now_s=k)], 0.0)
+    # least squares over the four steps: slope 880 / 160000 s per token, through the mean
+    b = 880 / 160_000
+    a = (0.11 + 0.51 + 1.1 + 5.1) / 4 - b * 300
+    decision = policy.route(request(320), [snap(0, free=500, now_s=3), snap(1, now_s=3)], 0.0)
+    assert decision.instance_id == "i1"
+    assert decision.est_ttft_s == pytest.approx(a + b * 320)
+    other_kind = [snap(0, free=500, now_s=4), snap(1, now_s=4, kind="a100")]
+    assert policy.route(request(320), other_kind, 0.0).instance_id == "i1"  # the prior, faster
+
+
 def test_ttft_does_not_relearn_an_idle_instances_last_step_each_heartbeat():
     policy = make_policy("ttft", CONFIG)
     for k, (tokens, secs) in enumerate([(100, 0.11), (500, 0.51)]):

@@ -175,6 +175,16 @@ def test_impossible_requests_are_refused(prompt_len, max_tokens, message):
     assert not sched.has_unfinished
 
 
+def test_prompt_over_the_step_budget_is_refused_without_chunked_prefill():
+    sched, ex = make(max_num_batched_tokens=16, enable_chunked_prefill=False)
+    message = "20 tokens but a step computes at most 16 .* chunked prefill is off"
+    with pytest.raises(ValueError, match=message):
+        sched.add_request(req("x", [1] * 20, max_tokens=1))
+    assert not sched.has_unfinished
+    outputs, _ = run(sched, ex, [req("y", [1] * 16, max_tokens=2)])  # one whole step fits
+    assert len(outputs["y"]) == 2
+
+
 def test_request_larger_than_the_pool_is_refused():
     sched, _ = make(num_blocks=4)
     with pytest.raises(ValueError, match="needs 5 KV blocks .* holds only 4 blocks"):
