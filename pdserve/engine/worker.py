@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.core.instance_id = args.instance_id
     worker = Worker(sock, engine, info, args.heartbeat_s, handoff)
     budget = cfg.scheduler.max_num_batched_tokens
-    worker.kind = f"{info.model} on {_device_name(cfg.device)}, {budget} tokens a step"
+    worker.kind = f"{info.model} on {_device_name(engine.device)}, {budget} tokens a step"
     from pdserve.config import env_str
 
     trace_path = env_str("PDSERVE_STEP_TRACE")
@@ -320,13 +320,11 @@ def _handoff(args, engine, incarnation: str):
     return handoff
 
 
-def _device_name(device: str) -> str:
+def _device_name(device) -> str:
+    """The engine's (resolved) torch.device as a card name, or its type."""
     import torch
 
-    from pdserve.engine.factory import resolve_device
-
-    dev = resolve_device(device)
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _build(args, progress):

@@ -141,9 +141,10 @@ class SimInstance:
     def start_step(self, now: float) -> float:
         """Schedule and price one step; returns its duration in seconds."""
         self.plan = self.scheduler.schedule(now)
-        last = self.result  # a pipelined engine launched this step while that one ran
-        back_to_back = last is not None and now - self.step_start_s - last.duration_s <= 1e-9
-        self.executor.overlap_s = last.duration_s if back_to_back else 0.0
+        if self.executor.shape_time is not None:  # the only cost model that reads the overlap
+            last = self.result  # a pipelined engine launched this step while that one ran
+            back_to_back = last is not None and now - self.step_start_s - last.duration_s <= 1e-9
+            self.executor.overlap_s = last.duration_s if back_to_back else 0.0
         self.result = self.executor.execute(self.plan)
         self.is_busy = True
         self.step_start_s = now
