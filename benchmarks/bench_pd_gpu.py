@@ -10,6 +10,8 @@ flags), warms it up on never-reused prompts, runs its measures, and stops it:
              disaggregated (`--pd-disaggregation always`): idle TTFT, goodput sweep
   fused1     one fused worker on one GPU: idle TTFT (the PD comparison's baseline)
   fused2     two fused workers (`--routing ttft`): goodput sweep
+  pd3p1d     3 prefill + 1 decode workers (four GPUs), as `pd`: goodput sweep
+  fused4     four fused workers (`--routing ttft`): goodput sweep (pd3p1d's baseline)
   fused2_prefix, fused2_rr   two fused workers with `--routing ttft` / `round_robin` and KV
              pools sized for the shared-prefix run (below): that run
 
@@ -56,14 +58,19 @@ OUT = Path(os.environ.get("OUT", "."))
 FLEETS = {
     "pd": ["--prefill", "1", "--decode", "1", "--kv-transport", "cuda_ipc",
            "--pd-disaggregation", "always"],
+    "pd3p1d": ["--prefill", "3", "--decode", "1", "--kv-transport", "cuda_ipc",
+               "--pd-disaggregation", "always"],
     "fused1": ["--instances", "1"],
+    "fused4": ["--instances", "4", "--routing", "ttft"],
     "fused2": ["--instances", "2", "--routing", "ttft"],
     "fused2_prefix": ["--instances", "2", "--routing", "ttft"],
     "fused2_rr": ["--instances", "2", "--routing", "round_robin"],
 }  # fmt: skip
 MEASURES = {
     "pd": ("ttft", "goodput"),
+    "pd3p1d": ("goodput",),
     "fused1": ("ttft",),
+    "fused4": ("goodput",),
     "fused2": ("goodput",),
     "fused2_prefix": ("prefix",),
     "fused2_rr": ("prefix",),

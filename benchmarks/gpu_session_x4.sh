@@ -4,6 +4,7 @@
 # Everything comes back as $OUT/all.tgz (the device tool returns a limited number of files).
 # Run from the repository root:
 #     PDSERVE_COMMIT=<hash> OUT=<dir> bash benchmarks/gpu_session_x4.sh
+#     PART=ratio PDSERVE_COMMIT=<hash> OUT=<dir> bash benchmarks/gpu_session_x4.sh  # 3P1D vs 4 fused
 # Needs PYTHONPATH with this tree and pyzmq/fastapi/uvicorn/pydantic/prometheus_client/py-spy.
 set -u
 mkdir -p "$OUT"/a "$OUT"/b
@@ -29,11 +30,21 @@ gpus_23() {  # two fused instances: goodput; then ttft vs round-robin routing on
     > "$OUT"/b/pd.log 2>&1; stamp "fused2 rc=$?"
 }
 
+ratio() {  # all four GPUs: 3 prefill + 1 decode against four fused workers (PART=ratio)
+  OUT="$OUT"/a timeout 560 python3 benchmarks/bench_pd_gpu.py --parts fused4,pd3p1d \
+    --rates ${RATES:-16,18,20,22,24,26} --mix-requests 150 > "$OUT"/a/pd.log 2>&1
+  stamp "fused4,pd3p1d rc=$?"
+}
+
 nvidia-smi -L
-gpus_01 &
-gpus_23 &
-wait
+if [ "${PART:-pairs}" = ratio ]; then
+  ratio
+else
+  gpus_01 &
+  gpus_23 &
+  wait
+fi
 stamp "all done"
-tail -n 12 "$OUT"/a/ipc_tests.log "$OUT"/a/kvxfer.log "$OUT"/a/pd.log "$OUT"/b/pd.log
+tail -n 12 "$OUT"/a/*.log "$OUT"/b/*.log 2>/dev/null
 # The device tool brings back a limited number of files: one archive of everything.
 tar -czf "$OUT"/all.tgz -C "$OUT" a b && rm -rf "$OUT"/a "$OUT"/b
