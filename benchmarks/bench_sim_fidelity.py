@@ -156,7 +156,10 @@ def start_server(args, step_trace: str = "") -> ServerProcess:
     return server
 
 
-def sim_run(requests, profile, args, overheads: dict, trace: bool = False):
+def sim_run(requests, profile, args, overheads: dict, trace: bool = False, jitter_seed=None):
+    """The workload through the simulator; `jitter_seed`: the simulated instances draw each
+    step's host launch time from the profile's measured distribution (`launch_quantiles_s`)
+    with that seed, where the instance can (an async-scheduling instance; else the mean)."""
     from pdserve.cluster.policies import PolicyConfig
     from pdserve.sim.cluster import SimConfig
     from pdserve.sim.profiles import with_corrections
@@ -175,7 +178,23 @@ def sim_run(requests, profile, args, overheads: dict, trace: bool = False):
         step_overhead_s=overheads["step_s"],
         trace=trace,
     )
-    return simulate(requests, fleet, {"": profile}, {"": 0.0}, config)
+    if jitter_seed is None:
+        return simulate(requests, fleet, {"": profile}, {"": 0.0}, config)
+    # `simulate`'s steps, each instance given its own seeded draws
+    import random
+    from types import SimpleNamespace
+
+    from pdserve.sim.cluster import SimCluster
+    from pdserve.sim.fleet import build_instances, parse_fleet
+
+    instances = build_instances(parse_fleet(fleet), lambda gpu: profile)
+    for inst in instances:
+        if hasattr(inst, "jitter"):
+            inst.jitter = random.Random(jitter_seed * 1000 + inst.index)
+    policy = replace(config.policy, prior=profile.cost,
+                     max_batched_tokens=profile.max_num_batched_tokens)  # fmt: skip
+    sim = SimCluster(instances, replace(config, policy=policy), profile.kv_bytes_per_token)
+    return SimpleNamespace(result=sim.run(requests))
 
 
 def sim_steps(sim) -> dict:
@@ -369,6 +388,33 @@ def print_breakdown(point: dict, profile) -> None:
           f"front out {b['front_out']:.2f} ms ({b['num_matched_requests']} requests)")  # fmt: skip
 
 
+def print_rows(rows: list[dict]) -> None:
+    print(f"  {'':18s} {'real':>9s} {'sim':>9s} {'error':>8s}   real's 90 % interval")
+    for x in rows:
+        print(f"  {x['metric']:18s} {x['real']:9.1f} {x['sim']:9.1f} {x['error_pct']:+7.1f}%"
+              f"   {x['real_lo_pct']:+6.1f} .. {x['real_hi_pct']:+6.1f} %")  # fmt: skip
+
+
+def split_cost(profile_dict: dict):
+    """`ServedCostModel.fit_split` of a profile's samples (host and device time: a GPU's)."""
+    from pdserve.cluster.cost_model import StepShape
+    from pdserve.sim.profiles import ServedCostModel
+
+    samples = profile_dict["samples"]
+    if not samples or any("host_s" not in s for s in samples):
+        raise SystemExit("--fit split needs a profile with host/device times (a GPU profile)")
+    return ServedCostModel.fit_split([StepShape(*s["shape"]) for s in samples],
+                                     [s["host_s"] for s in samples],
+                                     [s["device_s"] for s in samples])  # fmt: skip
+
+
+def interval(point: dict, metric: str, stat: str) -> dict:
+    """The real value's bootstrap interval (`real_interval`) as % of the real value."""
+    lo, hi = real_interval(point["real_requests"], metric, stat)
+    real = point["real"].get(f"{stat}_{metric}_ms") or math.nan
+    return {"real_lo_pct": 100 * (lo - real) / real, "real_hi_pct": 100 * (hi - real) / real}
+
+
 def describe(overheads: dict) -> str:
     text = f"front end {overheads['request_s'] * 1e3:.2f} ms per request"
     if "decode_s" in overheads:
@@ -385,12 +431,54 @@ def row(metric: str, stat: str, real: dict, sim: dict) -> dict:
     return {"metric": f"{stat} {metric.upper()} (ms)", "real": r, "sim": s, "error_pct": err}
 
 
+def sim_summary(requests, profile, args, overheads: dict, jitter_runs: int = 0) -> tuple:
+    """The simulation's summary dict and the (first) run: one deterministic run, or with
+    `jitter_runs` that many runs with drawn host launch times (seeds 0..n-1), each metric the
+    mean of the runs' (a 40-request run's p90 is its 4th slowest request: one draw says
+    little)."""
+    if not jitter_runs:
+        sim = sim_run(requests, profile, args, overheads, trace=True)
+        return summarize(sim.result.timelines, sim.result.duration_s,
+                         percentiles=(50, 90)).to_dict(), sim  # fmt: skip
+    runs, first = [], None
+    for seed in range(jitter_runs):
+        sim = sim_run(requests, profile, args, overheads, trace=seed == 0, jitter_seed=seed)
+        first = first or sim
+        runs.append(summarize(sim.result.timelines, sim.result.duration_s,
+                              percentiles=(50, 90)).to_dict())  # fmt: skip
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if key.endswith("_ms") and isinstance(value, float):
+            out[key] = statistics.fmean(r[key] for r in runs)
+    return out | {"jitter_runs": jitter_runs}, first
+
+
+def real_interval(real_requests: list, metric: str, stat: str, level: float = 0.9) -> tuple:
+    """The real run's own sampling noise: a `level` bootstrap interval (1,000 resamples of its
+    requests, seeded) of the statistic, ms. 40 requests with a heavy-tailed TTFT (host jitter)
+    give the mean a +-7 % interval on the H100 run: an error inside it is noise."""
+    import random
+
+    from pdserve.metrics import percentile
+
+    column = {"ttft": 2, "tpot": 3}[metric]
+    xs = [r[column] * 1e3 for r in real_requests if r[column] is not None]
+    if len(xs) < 2:
+        return (math.nan, math.nan)
+    reduce = statistics.fmean if stat == "mean" else (lambda v: percentile(v, float(stat[1:])))
+    rng = random.Random(0)
+    stats = sorted(reduce(rng.choices(xs, k=len(xs))) for _ in range(1000))
+    lo = (1 - level) / 2
+    return (percentile(stats, 100 * lo), percentile(stats, 100 * (1 - lo)))
+
+
 def resimulate(
     path: Path,
     fit: str = "served",
     offsets_ms: tuple | None = None,
     step_overhead_ms: float | None = None,
     calibration_kind: str = "traced",
+    jitter_runs: int = 0,
 ) -> None:
     """Simulate a recorded fidelity run's workload again, its profile refitted from its samples
     (`fit`: "served" = `ServedCostModel.fit`, "linear" = `StepCostModel.fit`), against the
@@ -401,7 +489,8 @@ def resimulate(
     03f9bda) gets its calibration requests' real TTFT back as their simulation with the
     recorded fit plus the recorded front end, so only the change of the prefill's model moves
     the front end. `offsets_ms`: (decode, prefill) per-step corrections to use instead (e.g.
-    from a single-stream run)."""
+    from a single-stream run). `fit` "split": `ServedCostModel.fit_split` on the samples' host
+    and device times (a GPU profile), `jitter_runs`: see `sim_summary`."""
     import argparse as _argparse
 
     from pdserve.cluster.cost_model import StepCostModel, StepShape
@@ -412,8 +501,12 @@ def resimulate(
     profile_dict = rec.get("profile_data") or json.loads(
         (path.parent / Path(rec["profile"]).name).read_text())  # fmt: skip
     samples = profile_dict["samples"]
-    model = {"served": ServedCostModel, "linear": StepCostModel}[fit]
-    cost = model.fit([StepShape(*s["shape"]) for s in samples], [s["time_s"] for s in samples])
+    shapes = [StepShape(*s["shape"]) for s in samples]
+    if fit == "split":
+        cost = split_cost(profile_dict)
+    else:
+        model = {"served": ServedCostModel, "linear": StepCostModel}[fit]
+        cost = model.fit(shapes, [s["time_s"] for s in samples])
     profile = replace(Profile.from_dict(profile_dict), cost=cost)
     print(f"refitted {profile.name} ({fit}): {cost}")
 
@@ -450,19 +543,19 @@ def resimulate(
                                 args.seed + k, args.vocab_size)  # fmt: skip
         if "calibration_real" in point:  # calibrated right before this rate
             overheads = recalibrate(point["calibration_real"], point["overheads_s"])
-        sim = sim_run(requests, profile, args, overheads, trace=True)
-        s = summarize(sim.result.timelines, sim.result.duration_s, percentiles=(50, 90)).to_dict()
-        rows = [row(m, stat, point["real"], s) for m in METRICS for stat in ("mean", "p90")]
+        s, sim = sim_summary(requests, profile, args, overheads, jitter_runs)
+        rows = [row(m, stat, point["real"], s) | interval(point, m, stat)
+                for m in METRICS for stat in ("mean", "p90")]  # fmt: skip
         new = {**point, "rows": rows, "sim": s, "overheads_s": overheads,
                "sim_requests": per_request(sim.result.timelines),
                "sim_steps": sim_steps(sim)}  # fmt: skip
         print(f"\nrate {point['rate']:g} req/s (real run recorded {rec['label']})")
-        for x in rows:
-            print(f"  {x['metric']:18s} {x['real']:9.1f} {x['sim']:9.1f} {x['error_pct']:+7.1f}%")
+        print_rows(rows)
         if "real_trace" in point:
             print_breakdown(new, profile)
         points.append(new)
-    out = path.with_name(path.stem + f"-resim-{fit}-{calibration_kind}.json")
+    suffix = f"-jitter{jitter_runs}" if jitter_runs else ""
+    out = path.with_name(path.stem + f"-resim-{fit}-{calibration_kind}{suffix}.json")
     out.write_text(json.dumps({**rec, "command": " ".join(sys.argv), "profile_cost":
                                cost.to_dict(), "overheads_s": overheads,
                                "resimulated_from": path.name, "points": points},
@@ -525,7 +618,11 @@ def main() -> None:
         default=None,
         help="--resim: replace the recorded per-step correction",
     )
-    p.add_argument("--fit", default="served", choices=("served", "linear"), help="--resim")
+    p.add_argument("--fit", default="served", choices=("served", "linear", "split"),
+                   help="cost model (--resim refits; split: a GPU profile's host/device times, "
+                        "for an async engine)")  # fmt: skip
+    p.add_argument("--jitter-runs", type=int, default=0,
+                   help="sim: mean of N runs drawing host launch times (0: one run)")  # fmt: skip
     p.add_argument(
         "--calibration",
         default="traced",
@@ -537,7 +634,8 @@ def main() -> None:
     args = p.parse_args()
     if args.resim:
         offsets = tuple(float(v) for v in args.offsets_ms.split(",")) if args.offsets_ms else None
-        resimulate(Path(args.resim), args.fit, offsets, args.step_overhead_ms, args.calibration)
+        resimulate(Path(args.resim), args.fit, offsets, args.step_overhead_ms, args.calibration,
+                   args.jitter_runs)  # fmt: skip
         return
     if args.routing is None:
         from pdserve.cluster.policies import DEFAULT_POLICY
@@ -553,6 +651,8 @@ def main() -> None:
     if not args.profile:
         measure_profile(args, profile_path)
     profile = load_profile(str(profile_path))
+    if args.fit == "split":  # the profile's host/device times (GPU) for an async engine
+        profile = replace(profile, cost=split_cost(json.loads(profile_path.read_text())))
     print(f"profile {profile.name}: {profile.cost}", flush=True)
 
     load_before = os.getloadavg()
@@ -582,14 +682,14 @@ def main() -> None:
                                     args.vocab_size)  # fmt: skip
             real, t0 = run_client(server, requests)
             real_summary = summarize(real.timelines, real.duration_s, percentiles=(50, 90))
-            sim = sim_run(requests, profile, args, overheads, trace=True)
-            sim_summary = summarize(sim.result.timelines, sim.result.duration_s,
-                                    percentiles=(50, 90))  # fmt: skip
-            r, s = real_summary.to_dict(), sim_summary.to_dict()
-            rows = [row(m, stat, r, s) for m in METRICS for stat in ("mean", "p90")]
+            s, sim = sim_summary(requests, profile, args, overheads, args.jitter_runs)
+            r, real_requests = real_summary.to_dict(), per_request(real.timelines)
+            rows = [row(m, stat, r, s) | interval({"real": r, "real_requests": real_requests},
+                                                  m, stat)
+                    for m in METRICS for stat in ("mean", "p90")]  # fmt: skip
             point = {"rate": rate, "rows": rows, "real": r, "sim": s, "overheads_s": overheads,
                      "calibration_real": calibration,
-                     "real_requests": per_request(real.timelines),
+                     "real_requests": real_requests,
                      "sim_requests": per_request(sim.result.timelines),
                      "sim_steps": sim_steps(sim)}  # fmt: skip
             if trace:
@@ -597,10 +697,7 @@ def main() -> None:
             points.append(point)
             print(f"\nrate {rate:g} req/s: {r['completed']}/{r['num_requests']} real completed, "
                   f"{s['completed']} sim", flush=True)  # fmt: skip
-            print(f"  {'':18s} {'real':>9s} {'sim':>9s} {'error':>8s}")
-            for x in rows:
-                print(f"  {x['metric']:18s} {x['real']:9.1f} {x['sim']:9.1f} "
-                      f"{x['error_pct']:+7.1f}%")  # fmt: skip
+            print_rows(rows)
             if trace:
                 print_breakdown(point, profile)
     finally:

@@ -38,6 +38,8 @@ CARDS = {
     "l40s": CardSpec(290e12, 780e9, 48, 1.0),
 }
 DEFAULT_MODEL = "llama-3.1-8b"
+NUM_LAUNCH_QUANTILES = 21  # an eager step's host time: its 0, 5, ..., 100 % quantiles
+DEVICE_BOUND = 1.2  # a step whose device span is this much over its host time: device-bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,13 @@ class ServedCostModel(StepCostModel):
     # default): a step's host-bound floor then overlaps the step before it (`shape_time`).
     pipelined: bool = False
     single_seq_s: float = 0.0
+    # Host/device split of a pipelined engine (`fit_split`, from a GPU profile's host and device
+    # times; 0 / () = not measured): a decode step's host time (prepare + graph replay launch),
+    # and an eager step's host time (prepare + ~500 kernel launches) as evenly spaced quantiles
+    # of its measured distribution (it is jitter, not a function of the shape: 13 to 90 ms on
+    # the project's H100 box for any prefill size); `prefill_floor_s` is their mean.
+    graph_launch_s: float = 0.0
+    launch_quantiles_s: tuple[float, ...] = ()
 
     def step_time(self, shape: StepShape) -> float:
         return self.shape_time(shape.num_prefill_tokens, shape.num_prefill_pairs,
@@ -119,6 +128,29 @@ class ServedCostModel(StepCostModel):
         pairs = num_tokens * context_len + num_tokens * (num_tokens + 1) // 2
         return self.shape_time(num_tokens, pairs, 0, 0) if num_tokens else self.base_s
 
+    def device_time(self, p_tok: int, p_pairs: int, d_seqs: int, d_ctx: int) -> float:
+        """Seconds the device computes a step of that shape, the host's floor left out (a
+        pipelined engine's steps: `host_time` says when the host has launched it all)."""
+        if not p_tok:
+            t = self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
+            return t + self.single_seq_s if d_seqs == 1 else t
+        return (self.base_s + self.prefill_base_s + self.per_prefill_token_s * p_tok
+                + self.per_prefill_pair_s * p_pairs + self.per_mixed_seq_s * d_seqs
+                + self.per_mixed_ctx_token_s * d_ctx)  # fmt: skip
+
+    def host_time(self, p_tok: int, u: float | None = None) -> float:
+        """Seconds the host takes to prepare and launch a step (a pipelined engine): a decode
+        step `graph_launch_s`, a step that prefills `prefill_floor_s` (the mean), or with `u`
+        in [0, 1) the `u`-quantile of its measured distribution (host jitter drawn)."""
+        if not p_tok:
+            return self.graph_launch_s
+        q = self.launch_quantiles_s
+        if u is None or not q:
+            return self.prefill_floor_s
+        x = u * (len(q) - 1)  # linear between the evenly spaced quantiles
+        i = min(int(x), len(q) - 2) if len(q) > 1 else 0
+        return q[i] + (q[i + 1] - q[i]) * (x - i) if len(q) > 1 else q[0]
+
     @classmethod
     def of(cls, cost: StepCostModel, **changes: float) -> ServedCostModel:
         """`cost` as a ServedCostModel (a plain model: its decode seq cost inside prefills too)."""
@@ -127,7 +159,7 @@ class ServedCostModel(StepCostModel):
             base["per_mixed_seq_s"] = cost.per_decode_seq_s
             base["per_mixed_ctx_token_s"] = cost.per_decode_ctx_token_s
         else:
-            base |= {f: getattr(cost, f) for f in (*SERVED_FIELDS, "pipelined")}
+            base |= {f: getattr(cost, f) for f in (*SERVED_FIELDS, *OTHER_FIELDS)}
         return cls(**(base | changes))
 
     @classmethod
@@ -203,11 +235,100 @@ class ServedCostModel(StepCostModel):
                 best = (loss, model)
         return best[1]
 
+    @classmethod
+    def fit_split(
+        cls,
+        shapes: Sequence[StepShape],
+        host_s: Sequence[float],
+        device_s: Sequence[float],
+        num_quantiles: int = NUM_LAUNCH_QUANTILES,
+    ) -> ServedCostModel:
+        """A pipelined (async scheduling) GPU engine's model from a profile's host and device
+        times per step (`pdserve profile` on a GPU): `fit` on the device spans, the floor the
+        mean host time of the steps that prefill, their distribution as quantiles, and the
+        decode steps' host time (median).
+
+        Why: a pipelined engine prepares and launches step N+1 while the device runs step N, so
+        a decode step (a CUDA graph, ~0.6 ms of host time) takes its device time alone (6.4 ms
+        served where the profile's synchronous step took 7.7), and a step that prefills takes
+        the host's launch time when that is longer than its device time (the device line is
+        fitted to the steps whose span is `DEVICE_BOUND` times their launch: a host-bound
+        step's span only says how long its launch took). That launch time is
+        jitter, whatever the step's size (an H100 profile: 13 to 90 ms, mean 24, for 16 to
+        2,048 tokens), so the floor is its mean, not the fit's robust floor (its most common
+        value, 16 ms): the mean is what mean TTFT sees, the quantiles what its tail sees."""
+        if not (len(shapes) == len(host_s) == len(device_s)):
+            raise ValueError("need one host and one device time per shape")
+        # The device line from the steps the device set: a host-bound step's span is its launch.
+        bound = [(s, d) for s, h, d in zip(shapes, host_s, device_s)
+                 if not s.num_prefill_tokens or d > DEVICE_BOUND * h]  # fmt: skip
+        if sum(1 for s, _ in bound if s.num_prefill_tokens) < 3:
+            bound = list(zip(shapes, device_s))
+        model = cls.fit([s for s, _ in bound], [d for _, d in bound])
+        decode_host = sorted(h for s, h in zip(shapes, host_s) if not s.num_prefill_tokens)
+        launch = sorted(h for s, h in zip(shapes, host_s) if s.num_prefill_tokens)
+        if not isinstance(model, ServedCostModel) or not launch or not decode_host:
+            raise ValueError("fit_split needs decode-only steps and steps that prefill")
+        n = max(num_quantiles, 2)
+        quantiles = tuple(_quantile(launch, k / (n - 1)) for k in range(n))
+        return replace(model, prefill_floor_s=sum(launch) / len(launch), pipelined=True,
+                       graph_launch_s=_quantile(decode_host, 0.5),
+                       launch_quantiles_s=quantiles)  # fmt: skip
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    """The q-quantile of sorted `xs`, linear between order statistics."""
+    x = q * (len(xs) - 1)
+    i = min(int(x), len(xs) - 1)
+    return xs[i] + (xs[i + 1] - xs[i]) * (x - i) if i + 1 < len(xs) else xs[i]
+
+
+@dataclass(slots=True)
+class AsyncPipeline:
+    """When the steps of an engine with async scheduling (`engine.core.EngineCore`, a GPU
+    server's default) finish, from a `ServedCostModel`'s host and device times. Each engine
+    call schedules and launches step N+1, then waits for step N and applies its tokens:
+
+        host:   |sched N+1|--- launch N+1 ---|wait N|  |sched N+2|-- launch N+2 --|wait N+1|
+        device: ...... N ......|  N+1 (eager: as its kernels arrive; a graph: once launched) |
+                               ^ N's tokens are out when both N is done and N+1 launched
+
+    So a step's tokens wait for the next step's launch (a long eager launch delays the decode
+    step before it), and a request that arrives while step N-1 runs is scheduled into step
+    N+1 (N was scheduled when N-1 started): one step later than a synchronous engine.
+    `launch` prices one call; the simulated instance keeps the step in flight."""
+
+    cost: ServedCostModel
+    device_free_s: float = 0.0  # when the device finishes the last launched step
+
+    def launch(
+        self, now: float, shape: tuple[int, int, int, int], u: float | None = None
+    ) -> tuple[float, float]:
+        """A step of `shape` (prefill tokens, pairs, decode seqs, decode context) scheduled at
+        `now`: -> (when its launch ends, when the device finishes it)."""
+        launched_s = now + self.cost.host_time(shape[0], u)
+        device_s = self.cost.device_time(*shape)
+        if shape[0]:  # eager: its kernels run as they are launched, the last one when launched
+            end = max(max(self.device_free_s, now) + device_s, launched_s)
+        else:  # a graph: one launch of the whole step
+            end = max(self.device_free_s, launched_s) + device_s
+        self.device_free_s = end
+        return launched_s, end
+
+    @staticmethod
+    def collected_s(launched_s: float, in_flight_end_s: float | None) -> float:
+        """When a call that launched until `launched_s` has the step in flight's tokens out
+        (None: no step was in flight; the call returns after its launch)."""
+        if in_flight_end_s is None:
+            return launched_s
+        return max(in_flight_end_s, launched_s)
+
 
 IRLS_ROUNDS = 8
 OUTLIER = 0.2  # a step the fit misses by more than this (relative) is noise, not the model's
 SERVED_FIELDS = ("prefill_base_s", "prefill_floor_s", "per_mixed_seq_s", "per_mixed_ctx_token_s",
-                 "single_seq_s")  # fmt: skip
+                 "single_seq_s", "graph_launch_s")  # fmt: skip
+OTHER_FIELDS = ("pipelined", "launch_quantiles_s")  # not seconds to scale
 
 
 def cost_from_dict(d: dict) -> StepCostModel:
@@ -215,7 +336,9 @@ def cost_from_dict(d: dict) -> StepCostModel:
     if any(k in d for k in SERVED_FIELDS):
         base = StepCostModel.from_dict(d)
         served = {k: float(d[k]) for k in SERVED_FIELDS if k in d}
-        return ServedCostModel.of(base, **served, pipelined=bool(d.get("pipelined", False)))
+        quantiles = tuple(float(v) for v in d.get("launch_quantiles_s", ()))
+        return ServedCostModel.of(base, **served, pipelined=bool(d.get("pipelined", False)),
+                                  launch_quantiles_s=quantiles)  # fmt: skip
     return StepCostModel.from_dict(d)
 
 
@@ -234,13 +357,14 @@ def with_corrections(
     `pipelined`: whether the engine overlaps steps (None: as `cost`)."""
     served = ServedCostModel.of(cost)
     scaled = {f.name: getattr(served, f.name) * scale for f in fields(ServedCostModel)
-              if f.name != "pipelined"}  # fmt: skip
+              if f.name not in OTHER_FIELDS}  # fmt: skip
     floor = scaled["prefill_floor_s"]
     return replace(served, **scaled | {
         "base_s": scaled["base_s"] + decode_s,
         "prefill_base_s": scaled["prefill_base_s"] + prefill_s - decode_s,
         "prefill_floor_s": floor + prefill_s if floor else 0.0,
         "pipelined": served.pipelined if pipelined is None else pipelined,
+        "launch_quantiles_s": tuple(q * scale + prefill_s for q in served.launch_quantiles_s),
     })  # fmt: skip
 
 
