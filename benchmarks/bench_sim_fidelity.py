@@ -110,9 +110,14 @@ class StepTraceReader:
                 d = json.loads(line)
                 if "submit" in d:  # [time, prompt length, request id]
                     submits[worker].append([d["t"] - t0, d["prompt_len"], d["submit"]])
-                elif d["shape"] is not None:  # [start, end, 4 shape ints, in flight, first ids]
-                    steps[worker].append([d["t0"] - t0, d["t1"] - t0, *d["shape"],
-                                          int(d["in_flight"]), d["first"]])  # fmt: skip
+                elif d["shape"] is not None:  # [start, end, 4 shape ints, in flight, first ids
+                    # (, with the step timer: the launched step's host s, the collected steps'
+                    # [wait, GPU span, GPU gap, kind])]
+                    row = [d["t0"] - t0, d["t1"] - t0, *d["shape"], int(d["in_flight"]),
+                           d["first"]]  # fmt: skip
+                    if "collected" in d:
+                        row += [d["launch_s"], d["collected"]]
+                    steps[worker].append(row)
         return {"steps": steps, "submits": submits}
 
 
@@ -327,11 +332,35 @@ def breakdown(point: dict, cost) -> dict:
         out["front_in"].append(t_sub - r[0])
         out["front_out"].append(r[5] - t_first)
         out["engine"].append(t_first - t_sub)
+    launches = prefill_launches(trace)
     return {k: _median(v) * 1e3 for k, v in out.items()} | {
         "num_decode_steps": len(out["decode_step"]),
         "num_prefill_steps": len(out["prefill_step"]),
         "num_matched_requests": len(out["engine"]),
-    }
+        "prefill_launch": {"mean": statistics.fmean(launches) * 1e3 if launches else math.nan,
+                           "p50": _median(launches) * 1e3,
+                           "p90": _percentile(launches, 90) * 1e3, "n": len(launches)},
+    }  # fmt: skip
+
+
+def prefill_launches(trace: dict) -> list[float]:
+    """The host time of launching each step that prefills, under async scheduling (seconds):
+    the step timer's `launch_s` when traced, else the step() call that launched it (its launch
+    plus the wait for the step before, which has long finished when the launch is the longer).
+    This is what a served prefill costs the host (the interval between two collects around it
+    says ~2 ms: the decode step before it absorbed its launch)."""
+    out = []
+    for steps in trace["steps"].values():
+        for st in steps:
+            if st[2] and st[6]:
+                out.append(st[8] if len(st) > 8 and st[8] is not None else st[1] - st[0])
+    return out
+
+
+def _percentile(xs, p: float) -> float:
+    from pdserve.metrics import percentile
+
+    return percentile(xs, p) if xs else math.nan
 
 
 def traced_overheads(calibration: list[dict], cost, scaled: bool = False) -> dict | None:
@@ -386,6 +415,14 @@ def print_breakdown(point: dict, profile) -> None:
     )
     print(f"  real TTFT parts: front in {b['front_in']:.2f} ms, engine {b['engine']:.2f} ms, "
           f"front out {b['front_out']:.2f} ms ({b['num_matched_requests']} requests)")  # fmt: skip
+    launch = b["prefill_launch"]
+    if launch["n"]:
+        host = getattr(profile.cost, "host_time", None)
+        model = f", model mean {host(1) * 1e3:.2f} ms" if host else ""
+        print(
+            f"  real prefill launches (async): mean {launch['mean']:.2f}, p50 "
+            f"{launch['p50']:.2f}, p90 {launch['p90']:.2f} ms ({launch['n']}){model}"
+        )
 
 
 def print_rows(rows: list[dict]) -> None:

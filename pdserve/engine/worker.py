@@ -51,6 +51,7 @@ class Worker:
         # Profiling only ($PDSERVE_STEP_TRACE): one JSON line per submit and per step() call.
         self.step_trace = None
         self._no_token_yet: set[str] = set()  # traced requests whose first token is to come
+        self._num_launched = 0  # the runner's step timer's launches traced so far
 
     def send(self, msg_type: str, *body) -> None:
         self.sock.send(P.pack(msg_type, *body))
@@ -155,17 +156,38 @@ class Worker:
 
     def _trace_step(self, start: float, plan, events) -> None:
         """step() from `start` to now ran `plan` (under async scheduling: launched it, and
-        collected the plan before); `first`: requests whose first token it returned."""
+        collected the plan before); `first`: requests whose first token it returned. With the
+        runner's step timer on (`main`): `launch_s`, the host time (prepare + launch) of the
+        step this call launched (None: none), and `collected`, per step whose ids it waited
+        for, [wait, GPU span, GPU idle gap before it] in seconds and "graph" | "eager": a
+        call's time is one step's launch and the step before's wait, not one step's time."""
         from pdserve.cluster.cost_model import shape_of
 
         first = [ev.request_id for ev in events
                  if ev.new_token_ids and ev.request_id in self._no_token_yet]  # fmt: skip
         self._no_token_yet.difference_update(first)
-        self.step_trace.write(json.dumps({
+        line = {
             "t0": start, "t1": self.core.clock(), "step_id": plan.step_id if plan else None,
             "shape": list(shape_of(plan).features()[1:]) if plan else None,
             "in_flight": self.core.has_step_in_flight, "num_events": len(events), "first": first,
-        }) + "\n")  # fmt: skip
+        }  # fmt: skip
+        timer = getattr(self.core.executor, "timer", None)
+        if timer is not None and timer.enabled:
+            launched = timer.num_launched > self._num_launched
+            self._num_launched = timer.num_launched
+            line["launch_s"] = timer.last_launch_s if launched else None
+            line["collected"] = [[s.wait_s, s.gpu_span_s, s.gpu_gap_s, s.kind]
+                                 for s in timer.pop_waited()]  # fmt: skip
+        self.step_trace.write(json.dumps(line) + "\n")
+
+    def enable_step_timer(self) -> None:
+        """The runner times each step's host launch and GPU span for the trace (profiling:
+        two CUDA events per step, read once the step's ids are back; no synchronization)."""
+        timer = getattr(self.core.executor, "timer", None)
+        if timer is not None:
+            timer.reset()
+            timer.enabled = True
+            self._num_launched = timer.num_launched
 
     def publish_handoff(self) -> None:
         reservations = self.handoff.drain_reservations()
@@ -290,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     trace_path = env_str("PDSERVE_STEP_TRACE")
     if trace_path:  # line-buffered: the lines survive a killed worker; closed at exit
         worker.step_trace = open(f"{trace_path}.{args.instance_id}", "a", buffering=1)  # noqa: SIM115
+        worker.enable_step_timer()
 
     worker.send(
         P.REGISTER,
