@@ -593,10 +593,13 @@ def resimulate(
         points.append(new)
     suffix = f"-jitter{jitter_runs}" if jitter_runs else ""
     out = path.with_name(path.stem + f"-resim-{fit}-{calibration_kind}{suffix}.json")
+    # The real run's traces stay in the record it names (`resimulated_from`).
+    traces = ("real_trace", "calibration_real")
+    points = [{k: v for k, v in point.items() if k not in traces} for point in points]
     out.write_text(json.dumps({**rec, "command": " ".join(sys.argv), "profile_cost":
                                cost.to_dict(), "overheads_s": overheads,
-                               "resimulated_from": path.name, "points": points},
-                              indent=1) + "\n")  # fmt: skip
+                               "calibration_real": None, "resimulated_from": path.name,
+                               "points": points}, indent=1) + "\n")  # fmt: skip
     print(f"\nwrote {out}")
 
 
