@@ -432,6 +432,18 @@ def print_rows(rows: list[dict]) -> None:
               f"   {x['real_lo_pct']:+6.1f} .. {x['real_hi_pct']:+6.1f} %")  # fmt: skip
 
 
+def with_table(cost, profile_dict: dict, fit: str):
+    """`cost` with the profile's decode steps' miss per batch size (`with_decode_table`),
+    against their device spans for a split fit, else their times."""
+    from pdserve.cluster.cost_model import StepShape
+    from pdserve.sim.profiles import ServedCostModel
+
+    samples = profile_dict["samples"]
+    key = "device_s" if fit == "split" else "time_s"
+    return ServedCostModel.of(cost).with_decode_table([StepShape(*s["shape"]) for s in samples],
+                                                      [s[key] for s in samples])  # fmt: skip
+
+
 def split_cost(profile_dict: dict):
     """`ServedCostModel.fit_split` of a profile's samples (host and device time: a GPU's)."""
     from pdserve.cluster.cost_model import StepShape
@@ -516,6 +528,7 @@ def resimulate(
     step_overhead_ms: float | None = None,
     calibration_kind: str = "traced",
     jitter_runs: int = 0,
+    decode_table: bool = False,
 ) -> None:
     """Simulate a recorded fidelity run's workload again, its profile refitted from its samples
     (`fit`: "served" = `ServedCostModel.fit`, "linear" = `StepCostModel.fit`), against the
@@ -544,6 +557,8 @@ def resimulate(
     else:
         model = {"served": ServedCostModel, "linear": StepCostModel}[fit]
         cost = model.fit(shapes, [s["time_s"] for s in samples])
+    if decode_table:
+        cost = with_table(cost, profile_dict, fit)
     profile = replace(Profile.from_dict(profile_dict), cost=cost)
     print(f"refitted {profile.name} ({fit}): {cost}")
 
@@ -591,7 +606,7 @@ def resimulate(
         if "real_trace" in point:
             print_breakdown(new, profile)
         points.append(new)
-    suffix = f"-jitter{jitter_runs}" if jitter_runs else ""
+    suffix = ("-table" if decode_table else "") + (f"-jitter{jitter_runs}" if jitter_runs else "")
     out = path.with_name(path.stem + f"-resim-{fit}-{calibration_kind}{suffix}.json")
     # The real run's traces stay in the record it names (`resimulated_from`).
     traces = ("real_trace", "calibration_real")
@@ -661,6 +676,11 @@ def main() -> None:
     p.add_argument("--fit", default="served", choices=("served", "linear", "split"),
                    help="cost model (--resim refits; split: a GPU profile's host/device times, "
                         "for an async engine)")  # fmt: skip
+    p.add_argument(
+        "--decode-table",
+        action="store_true",
+        help="price decode steps per measured batch size (the line's miss)",
+    )
     p.add_argument("--jitter-runs", type=int, default=0,
                    help="sim: mean of N runs drawing host launch times (0: one run)")  # fmt: skip
     p.add_argument(
@@ -675,7 +695,7 @@ def main() -> None:
     if args.resim:
         offsets = tuple(float(v) for v in args.offsets_ms.split(",")) if args.offsets_ms else None
         resimulate(Path(args.resim), args.fit, offsets, args.step_overhead_ms, args.calibration,
-                   args.jitter_runs)  # fmt: skip
+                   args.jitter_runs, args.decode_table)  # fmt: skip
         return
     if args.routing is None:
         from pdserve.cluster.policies import DEFAULT_POLICY
@@ -693,6 +713,9 @@ def main() -> None:
     profile = load_profile(str(profile_path))
     if args.fit == "split":  # the profile's host/device times (GPU) for an async engine
         profile = replace(profile, cost=split_cost(json.loads(profile_path.read_text())))
+    if args.decode_table:
+        cost = with_table(profile.cost, json.loads(profile_path.read_text()), args.fit)
+        profile = replace(profile, cost=cost)
     print(f"profile {profile.name}: {profile.cost}", flush=True)
 
     load_before = os.getloadavg()

@@ -11,6 +11,7 @@ with no profile gets a roofline one from its specs (`roofline_profile`).
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -104,6 +105,10 @@ class ServedCostModel(StepCostModel):
     # the project's H100 box for any prefill size); `prefill_floor_s` is their mean.
     graph_launch_s: float = 0.0
     launch_quantiles_s: tuple[float, ...] = ()
+    # A decode step's measured miss of the line per batch size (`with_decode_table`; () = none),
+    # linear between the measured sizes, the nearest one's outside them.
+    decode_batches: tuple[int, ...] = ()
+    decode_residual_s: tuple[float, ...] = ()
 
     def step_time(self, shape: StepShape) -> float:
         return self.shape_time(shape.num_prefill_tokens, shape.num_prefill_pairs,
@@ -116,8 +121,7 @@ class ServedCostModel(StepCostModel):
         started as that one ended (a pipelined engine launched it meanwhile: of its floor, what
         the host did then is hidden)."""
         if not p_tok:
-            t = self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
-            return t + self.single_seq_s if d_seqs == 1 else t
+            return self.decode_time(d_seqs, d_ctx)
         t = (self.base_s + self.prefill_base_s + self.per_prefill_token_s * p_tok
              + self.per_prefill_pair_s * p_pairs + self.per_mixed_seq_s * d_seqs
              + self.per_mixed_ctx_token_s * d_ctx)  # fmt: skip
@@ -128,12 +132,28 @@ class ServedCostModel(StepCostModel):
         pairs = num_tokens * context_len + num_tokens * (num_tokens + 1) // 2
         return self.shape_time(num_tokens, pairs, 0, 0) if num_tokens else self.base_s
 
+    def decode_time(self, d_seqs: int, d_ctx: int) -> float:
+        """A decode-only step: the line, a lone row's own cost, the batch size's measured miss."""
+        t = self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
+        if d_seqs == 1:
+            t += self.single_seq_s
+        sizes = self.decode_batches
+        if not sizes:
+            return t
+        res = self.decode_residual_s
+        if d_seqs <= sizes[0]:
+            return t + res[0]
+        if d_seqs >= sizes[-1]:
+            return t + res[-1]
+        i = bisect_right(sizes, d_seqs)  # sizes[i - 1] <= d_seqs < sizes[i]
+        lo, hi = sizes[i - 1], sizes[i]
+        return t + res[i - 1] + (res[i] - res[i - 1]) * (d_seqs - lo) / (hi - lo)
+
     def device_time(self, p_tok: int, p_pairs: int, d_seqs: int, d_ctx: int) -> float:
         """Seconds the device computes a step of that shape, the host's floor left out (a
         pipelined engine's steps: `host_time` says when the host has launched it all)."""
         if not p_tok:
-            t = self.base_s + self.per_decode_seq_s * d_seqs + self.per_decode_ctx_token_s * d_ctx
-            return t + self.single_seq_s if d_seqs == 1 else t
+            return self.decode_time(d_seqs, d_ctx)
         return (self.base_s + self.prefill_base_s + self.per_prefill_token_s * p_tok
                 + self.per_prefill_pair_s * p_pairs + self.per_mixed_seq_s * d_seqs
                 + self.per_mixed_ctx_token_s * d_ctx)  # fmt: skip
@@ -235,6 +255,26 @@ class ServedCostModel(StepCostModel):
                 best = (loss, model)
         return best[1]
 
+    def with_decode_table(
+        self, shapes: Sequence[StepShape], times_s: Sequence[float]
+    ) -> ServedCostModel:
+        """This model with its decode steps' median miss (seconds) per measured batch size.
+
+        Why: a decode step's cost is not linear in its batch on every device: the embedded
+        model on one CPU thread takes 128 / 190 / 240 / 323 / 378 ms at 1 / 2 / 4 / 8 / 16
+        sequences (a line misses 2 and 8 by 4 %), and served steps of 3 and 5 sequences
+        took 250 and 292 ms (odd row counts in the CPU's GEMM); a GPU's graphs are captured at
+        padded sizes (5 to 8 sequences cost the same). A profile whose grid has the sizes a
+        workload runs (`--batch-sizes 1,2,3,4,5,6,8,12,16`) prices them as measured."""
+        misses: dict[int, list[float]] = {}
+        for shape, t in zip(shapes, times_s):
+            if not shape.num_prefill_tokens and shape.num_decode_seqs:
+                miss = t - self.decode_time(shape.num_decode_seqs, shape.num_decode_ctx_tokens)
+                misses.setdefault(shape.num_decode_seqs, []).append(miss)
+        sizes = tuple(sorted(misses))
+        return replace(self, decode_batches=sizes,
+                       decode_residual_s=tuple(_median(misses[b]) for b in sizes))  # fmt: skip
+
     @classmethod
     def fit_split(
         cls,
@@ -274,6 +314,10 @@ class ServedCostModel(StepCostModel):
         return replace(model, prefill_floor_s=sum(launch) / len(launch), pipelined=True,
                        graph_launch_s=_quantile(decode_host, 0.5),
                        launch_quantiles_s=quantiles)  # fmt: skip
+
+
+def _median(xs: Sequence[float]) -> float:
+    return _quantile(sorted(xs), 0.5)
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:
@@ -328,7 +372,7 @@ IRLS_ROUNDS = 8
 OUTLIER = 0.2  # a step the fit misses by more than this (relative) is noise, not the model's
 SERVED_FIELDS = ("prefill_base_s", "prefill_floor_s", "per_mixed_seq_s", "per_mixed_ctx_token_s",
                  "single_seq_s", "graph_launch_s")  # fmt: skip
-OTHER_FIELDS = ("pipelined", "launch_quantiles_s")  # not seconds to scale
+OTHER_FIELDS = ("pipelined", "launch_quantiles_s", "decode_batches", "decode_residual_s")
 
 
 def cost_from_dict(d: dict) -> StepCostModel:
@@ -336,9 +380,13 @@ def cost_from_dict(d: dict) -> StepCostModel:
     if any(k in d for k in SERVED_FIELDS):
         base = StepCostModel.from_dict(d)
         served = {k: float(d[k]) for k in SERVED_FIELDS if k in d}
-        quantiles = tuple(float(v) for v in d.get("launch_quantiles_s", ()))
-        return ServedCostModel.of(base, **served, pipelined=bool(d.get("pipelined", False)),
-                                  launch_quantiles_s=quantiles)  # fmt: skip
+        tables = {
+            "launch_quantiles_s": tuple(float(v) for v in d.get("launch_quantiles_s", ())),
+            "decode_batches": tuple(int(v) for v in d.get("decode_batches", ())),
+            "decode_residual_s": tuple(float(v) for v in d.get("decode_residual_s", ())),
+        }
+        return ServedCostModel.of(base, **served, **tables,
+                                  pipelined=bool(d.get("pipelined", False)))  # fmt: skip
     return StepCostModel.from_dict(d)
 
 
@@ -365,6 +413,7 @@ def with_corrections(
         "prefill_floor_s": floor + prefill_s if floor else 0.0,
         "pipelined": served.pipelined if pipelined is None else pipelined,
         "launch_quantiles_s": tuple(q * scale + prefill_s for q in served.launch_quantiles_s),
+        "decode_residual_s": tuple(r * scale for r in served.decode_residual_s),
     })  # fmt: skip
 
 

@@ -101,3 +101,32 @@ def test_async_pipeline_device_bound_steps_run_back_to_back():
     assert launched2 == pytest.approx(5.5e-3)
     assert end2 == pytest.approx(end + 6.5e-3 + 1e-5 + 2049 * 5e-8)
     assert AsyncPipeline.collected_s(launched2, end) == pytest.approx(end)
+
+
+def test_decode_table_prices_each_measured_batch_as_measured_and_interpolates_between():
+    """CPU-like decode steps (1: 128 ms, 2: 190, 3: 250, 4: 240, 8: 323 at no context, 40 us
+    per context token), priced by a line 130 ms + 25 ms/seq: the table adds each measured
+    size's miss, linear between sizes, the nearest size's outside them."""
+    line = ServedCostModel(0.130, 0.0, 0.0, 0.025, 4e-5)
+    measured = {1: 0.128, 2: 0.190, 3: 0.250, 4: 0.240, 8: 0.323}
+    shapes, times = [], []
+    for batch, t in measured.items():
+        for ctx in (64, 256):  # two contexts each: the same miss
+            shapes.append(StepShape(0, 0, batch, batch * ctx))
+            times.append(t + 4e-5 * batch * ctx)
+    shapes.append(StepShape(16, 136))  # a prefill step: not a decode miss
+    times.append(0.5)
+    model = line.with_decode_table(shapes, times)
+    assert model.decode_batches == (1, 2, 3, 4, 8)
+    misses = [t - (0.130 + 0.025 * b) for b, t in measured.items()]
+    assert model.decode_residual_s == pytest.approx(tuple(misses))
+    for batch, t in measured.items():
+        assert model.step_time(StepShape(0, 0, batch, batch * 100)) == pytest.approx(
+            t + 4e-5 * batch * 100
+        )
+    # 6 sequences: halfway between the misses at 4 (+0.010) and 8 (-0.007) on the line
+    assert model.decode_time(6, 0) == pytest.approx(0.130 + 0.150 + 0.0015)
+    assert model.decode_time(16, 0) == pytest.approx(0.130 + 0.400 - 0.007)
+    assert model.step_time(StepShape(16, 136)) == line.step_time(StepShape(16, 136))
+    assert cost_from_dict(model.to_dict()) == model
+    assert with_corrections(model, scale=2.0).decode_time(3, 0) == pytest.approx(0.5)
