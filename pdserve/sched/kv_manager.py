@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pdserve.sched.block_pool import Block, BlockPool
 from pdserve.sched.prefix_cache import PrefixCache
 from pdserve.sched.request import SchedRequest
@@ -43,7 +45,7 @@ class KVManager:
         return self.prefix_cache.match(req.block_hashes[:max_blocks])
 
     def allocate_slots(
-        self, req: SchedRequest, num_new_tokens: int, hit_blocks: list[Block] = ()
+        self, req: SchedRequest, num_new_tokens: int, hit_blocks: Sequence[Block] = ()
     ) -> bool:
         """Make room for `num_new_tokens` more tokens after `req.num_computed_tokens` (plus the
         prefix hit `hit_blocks`, taken by a request that holds no blocks yet)."""

@@ -64,7 +64,8 @@ class PriorityPolicy:
     def push(self, req: SchedRequest) -> None:
         heapq.heappush(self._heap, (req.priority, req.seq_no, req))
 
-    push_front = push  # its key already places it before newer requests of its priority
+    def push_front(self, req: SchedRequest) -> None:
+        self.push(req)  # its key already places it before newer requests of its priority
 
     def peek(self) -> SchedRequest:
         return self._heap[0][2]
@@ -80,7 +81,7 @@ class PriorityPolicy:
         return len(self._heap)
 
     def __iter__(self) -> Iterator[SchedRequest]:
-        return (e[2] for e in sorted(self._heap, key=lambda e: e[:2]))
+        return iter([e[2] for e in sorted(self._heap, key=lambda e: e[:2])])
 
     def victim(self, running: list[SchedRequest]) -> SchedRequest:
         return max(running, key=lambda r: (r.priority, r.seq_no))

@@ -125,7 +125,9 @@ class Scheduler:
         self._finish(req, FinishReason(reason))  # a member, also when given its string
         return True
 
-    abort = finish
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
+        """`finish`, under the name a client that went away calls it by."""
+        return self.finish(request_id, reason)
 
     @property
     def has_unfinished(self) -> bool:

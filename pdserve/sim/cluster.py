@@ -173,7 +173,9 @@ class SimCluster:
                 inst.next_s = now
             return
         inst.scheduler.add_request(req)
-        inst.view = add_pending(inst.view, len(req.prompt_token_ids))
+        view = inst.view
+        assert view is not None  # an eager run publishes every step
+        inst.view = add_pending(view, len(req.prompt_token_ids))
         if not inst.is_busy and not inst.kick_pending:
             inst.kick_pending = True
             self.loop.push(now, StepStart(inst))
@@ -181,6 +183,7 @@ class SimCluster:
     def _start(self, inst: SimInstance, now: float) -> None:
         duration_s = inst.start_step(now) + self.config.step_overhead_s
         if self.config.record_plans:
+            assert inst.plan is not None
             self.plans[inst.instance_id].append((now, inst.plan.summary()))
         if self.trace is not None:
             self.trace.step(inst, inst.plan, now, duration_s)
@@ -247,6 +250,7 @@ class SimCluster:
             if inst.scheduler.requests:  # has_unfinished: the next step starts now
                 duration_s = inst.start_step(now) + step_overhead_s
                 if plans is not None:
+                    assert inst.plan is not None
                     plans.append((now, inst.plan.summary()))
                 inst.next_s = now + duration_s
             else:
@@ -317,7 +321,8 @@ class SimCluster:
             self._fail(state, now, "no live decode instance")
             return
         req = Request(state.bench.request_id, state.bench.prompt_token_ids, self._sampling_for(1))
-        dst = self.by_id[self.decode_policy.route(req, [i.view for i in decodes], now).instance_id]
+        views: list = [i.view for i in decodes]  # an eager run: published, never None
+        dst = self.by_id[self.decode_policy.route(req, views, now).instance_id]
         num_bytes = state.bench.prompt_len * self.kv_bytes_per_token
         start_s, done_s = self.network.transfer(src.index, dst.index, num_bytes, now)
         if self.trace is not None:

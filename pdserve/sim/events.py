@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 ARRIVAL, STEP_END, START, TRANSFER, FAULT = range(5)
 
 
 class Event:
     __slots__ = ()
-    priority = FAULT
+    priority: ClassVar[int] = FAULT
 
     def fire(self, sim: Any, now: float) -> None:
         raise NotImplementedError
@@ -30,46 +31,46 @@ class Event:
 
 class Arrival(Event):
     __slots__ = ("req",)
-    priority = ARRIVAL
+    priority: ClassVar[int] = ARRIVAL
 
     def __init__(self, req):
         self.req = req  # a bench.workload.BenchRequest
 
-    def fire(self, sim, now):
+    def fire(self, sim: Any, now: float) -> None:
         sim.on_arrival(self.req, now)
 
 
 class StepStart(Event):
     __slots__ = ("instance",)
-    priority = START
+    priority: ClassVar[int] = START
 
     def __init__(self, instance):
         self.instance = instance
 
-    def fire(self, sim, now):
+    def fire(self, sim: Any, now: float) -> None:
         sim.on_step_start(self.instance, now)
 
 
 class StepEnd(Event):
     __slots__ = ("instance", "incarnation")
-    priority = STEP_END
+    priority: ClassVar[int] = STEP_END
 
     def __init__(self, instance, incarnation: int):
         self.instance, self.incarnation = instance, incarnation
 
-    def fire(self, sim, now):
+    def fire(self, sim: Any, now: float) -> None:
         if self.instance.incarnation == self.incarnation:  # else the instance died mid-step
             sim.on_step_end(self.instance, now)
 
 
 class TransferDone(Event):
     __slots__ = ("handoff",)
-    priority = TRANSFER
+    priority: ClassVar[int] = TRANSFER
 
     def __init__(self, handoff):
         self.handoff = handoff
 
-    def fire(self, sim, now):
+    def fire(self, sim: Any, now: float) -> None:
         sim.on_transfer_done(self.handoff, now)
 
 
@@ -79,7 +80,7 @@ class InstanceFailure(Event):
     def __init__(self, instance):
         self.instance = instance
 
-    def fire(self, sim, now):
+    def fire(self, sim: Any, now: float) -> None:
         sim.on_failure(self.instance, now)
 
 
@@ -89,7 +90,7 @@ class InstanceRestart(Event):
     def __init__(self, instance):
         self.instance = instance
 
-    def fire(self, sim, now):
+    def fire(self, sim: Any, now: float) -> None:
         sim.on_restart(self.instance, now)
 
 
@@ -107,7 +108,7 @@ class EventLoop:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, int, Event]] = []
         self._seq = itertools.count()
-        self._preloaded: list[tuple[float, Event]] = []
+        self._preloaded: Sequence[tuple[float, Event]] = []
         self._next_preloaded = 0
         self.now = 0.0
         self.num_fired = 0
@@ -115,7 +116,7 @@ class EventLoop:
     def push(self, time_s: float, event: Event) -> None:
         heapq.heappush(self._heap, (time_s, event.priority, next(self._seq), event))
 
-    def preload(self, events: list[tuple[float, Event]]) -> None:
+    def preload(self, events: Sequence[tuple[float, Event]]) -> None:
         """Events sorted by time (ties: in list order), before any `push`."""
         if self._heap or self._preloaded:
             raise RuntimeError("preload once, before anything is pushed")

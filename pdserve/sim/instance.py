@@ -9,7 +9,6 @@ tokens are scheduled like a prefix the instance computes, but cost nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import MappingProxyType
 
 from pdserve.cluster.cost_model import StepCostModel
 from pdserve.cluster.policies import add_pending
@@ -18,7 +17,6 @@ from pdserve.sched.scheduler import Scheduler
 from pdserve.types import InstanceSnapshot
 
 SIM_TOKEN_ID = 11  # every sampled token; never an EOS in the bench vocabulary (ids >= 10)
-_NONE: MappingProxyType = MappingProxyType({})  # no logprobs (read-only: shared by every step)
 
 
 class CostExecutor:
@@ -44,15 +42,16 @@ class CostExecutor:
             for request_id in plan.finished_ids:
                 self.remote_tokens.pop(request_id, None)
         if self.step_time is not None:
-            return StepResult(sampled, _NONE, _NONE, self.step_time(plan))
+            return StepResult(sampled, {}, {}, self.step_time(plan))
         p_tok, p_pairs, d_seqs, d_ctx = self._shape(plan)
         if self.shape_time is not None:
             duration_s = self.shape_time(p_tok, p_pairs, d_seqs, d_ctx, self.overlap_s)
-            return StepResult(sampled, _NONE, _NONE, duration_s)
+            return StepResult(sampled, {}, {}, duration_s)
         c = self.cost  # StepCostModel.step_time, without building a StepShape per step
+        assert c is not None
         duration_s = (c.base_s + c.per_prefill_token_s * p_tok + c.per_prefill_pair_s * p_pairs
                       + c.per_decode_seq_s * d_seqs + c.per_decode_ctx_token_s * d_ctx)  # fmt: skip
-        return StepResult(sampled, _NONE, _NONE, duration_s)
+        return StepResult(sampled, {}, {}, duration_s)
 
     def _shape(self, plan: StepPlan) -> tuple[int, int, int, int]:
         """`StepShape` fields: prefill tokens, prefill pairs, decode seqs, decode context."""
@@ -136,23 +135,27 @@ class SimInstance:
         self.published: tuple | None = None  # (load, time, step time, step tokens) of `capture`
         self.pending: list[int] = []  # prompt lengths of requests routed here since then
         self.num_view_pending = 0  # how many of them `view` already counts
-        self.view = self.publish(0.0)
+        self.view: InstanceSnapshot | None = self.publish(0.0)
 
     def start_step(self, now: float) -> float:
         """Schedule and price one step; returns its duration in seconds."""
-        self.plan = self.scheduler.schedule(now)
+        plan = self.plan = self.scheduler.schedule(now)
         if self.executor.shape_time is not None:  # the only cost model that reads the overlap
             last = self.result  # a pipelined engine launched this step while that one ran
-            back_to_back = last is not None and now - self.step_start_s - last.duration_s <= 1e-9
-            self.executor.overlap_s = last.duration_s if back_to_back else 0.0
-        self.result = self.executor.execute(self.plan)
+            overlap_s = 0.0
+            if last is not None and now - self.step_start_s - last.duration_s <= 1e-9:
+                overlap_s = last.duration_s  # back to back
+            self.executor.overlap_s = overlap_s
+        result = self.result = self.executor.execute(plan)
         self.is_busy = True
         self.step_start_s = now
-        return self.result.duration_s
+        return result.duration_s
 
     def end_step(self, now: float):
         """Apply the step's tokens; returns the scheduler's TokenEvents."""
-        events = self.scheduler.update(self.plan, self.result, now)
+        plan, result = self.plan, self.result
+        assert plan is not None and result is not None
+        events = self.scheduler.update(plan, result, now)
         self.is_busy = False
         self.num_steps += 1
         self.busy_s += now - self.step_start_s
@@ -161,7 +164,7 @@ class SimInstance:
     def publish(self, now: float) -> InstanceSnapshot:
         """The snapshot the controller gets after each step (as `EngineCore.snapshot`)."""
         plan, result = self.plan, self.result
-        self.view = self.scheduler.snapshot(
+        view = self.view = self.scheduler.snapshot(
             self.instance_id,
             now,
             step_time_s=result.duration_s if result is not None else 0.0,
@@ -170,13 +173,15 @@ class SimInstance:
             incarnation=str(self.incarnation),
             kind=self.gpu,
         )
-        return self.view
+        return view
 
     def capture(self, now: float) -> None:
         """`publish`, lazily: keep what the snapshot would hold (a tuple) and build it only when
         `current_view` is asked for it (most steps' snapshots are never read)."""
-        self.published = (self.scheduler.load(), now, self.result.duration_s,
-                          self.plan.num_batched_tokens)  # fmt: skip
+        plan, result = self.plan, self.result
+        assert plan is not None and result is not None
+        self.published = (self.scheduler.load(), now, result.duration_s,
+                          plan.num_batched_tokens)  # fmt: skip
         self.view = None
         self.pending.clear()
 
@@ -190,6 +195,7 @@ class SimInstance:
         at the last step end, plus every request routed here since (`policies.add_pending`)."""
         view, pending = self.view, self.pending
         if view is None:
+            assert self.published is not None
             load, now, step_time_s, step_tokens = self.published
             view = self.scheduler.snapshot_of(load, self.instance_id, now, step_time_s=step_time_s,
                                               step_tokens=step_tokens, role=self.role,
