@@ -378,7 +378,13 @@ def traced_overheads(calibration: list[dict], cost, scaled: bool = False) -> dic
 
     measured, not inferred from TTFT and TPOT residuals (which put any step-time error of the
     prefill on the front end, where the simulator delays the request instead of the step).
-    Medians; None without traces."""
+    Medians; None without traces. A split model (`fit_split`: its prefill floor is the mean
+    host launch, the launches' spread is jitter) on an async engine instead gets
+
+        prefill_s = mean served launch - the profile's mean launch   (`prefill_launches`)
+
+    the mean: what shifts a jittered quantity's mean (the median of real - model compares a
+    jittered launch with a constant and lands below the mean shift)."""
     front, steps, pipelined = [], [], False
     for c in calibration:
         if "steps" not in c:
@@ -397,8 +403,12 @@ def traced_overheads(calibration: list[dict], cost, scaled: bool = False) -> dic
         scale = statistics.median(real / model for _, real, model in steps)
         return {"request_s": statistics.median(front), "step_s": 0.0, "scale": scale,
                 "decode_s": 0.0, "prefill_s": 0.0, "pipelined": pipelined}  # fmt: skip
+    prefill_s = statistics.median(prefill)
+    launches = [t for c in calibration for t in prefill_launches(c)]
+    if pipelined and launches and getattr(cost, "launch_quantiles_s", ()):
+        prefill_s = statistics.fmean(launches) - cost.prefill_floor_s
     return {"request_s": statistics.median(front), "step_s": 0.0, "scale": 1.0,
-            "decode_s": statistics.median(decode), "prefill_s": statistics.median(prefill),
+            "decode_s": statistics.median(decode), "prefill_s": prefill_s,
             "pipelined": pipelined}  # fmt: skip
 
 

@@ -402,14 +402,17 @@ def with_corrections(
     serving engine's steps take beyond the profile's. The offsets: the worker loop's time, or
     host work a pipelined engine hides behind the device; the scale: a CPU engine's share of
     its core against the profile's (a CPU shared with other work runs every step slower);
-    `pipelined`: whether the engine overlaps steps (None: as `cost`)."""
+    `pipelined`: whether the engine overlaps steps (None: as `cost`). A split model (measured
+    host launches, `fit_split`): `prefill_s` moves the host's launch of a step that prefills
+    (the served engine's launches against the profile's), not its device time."""
     served = ServedCostModel.of(cost)
     scaled = {f.name: getattr(served, f.name) * scale for f in fields(ServedCostModel)
               if f.name not in OTHER_FIELDS}  # fmt: skip
     floor = scaled["prefill_floor_s"]
+    device_s = 0.0 if served.launch_quantiles_s else prefill_s
     return replace(served, **scaled | {
         "base_s": scaled["base_s"] + decode_s,
-        "prefill_base_s": scaled["prefill_base_s"] + prefill_s - decode_s,
+        "prefill_base_s": scaled["prefill_base_s"] + device_s - decode_s,
         "prefill_floor_s": floor + prefill_s if floor else 0.0,
         "pipelined": served.pipelined if pipelined is None else pipelined,
         "launch_quantiles_s": tuple(q * scale + prefill_s for q in served.launch_quantiles_s),

@@ -66,7 +66,8 @@ def test_split_model_round_trips_and_takes_corrections():
     assert corrected.host_time(512) == pytest.approx(21.6e-3)
     assert corrected.device_time(0, 0, 1, 100) == pytest.approx(model.device_time(0, 0, 1, 100)
                                                                 - 1e-4)  # fmt: skip
-    assert corrected.device_time(512, 0, 0, 0) == pytest.approx(1e-3 + 2e-5 * 512 + 2e-3)
+    # the served launch is 2 ms longer than the profile's: the device's time is not
+    assert corrected.device_time(512, 0, 0, 0) == pytest.approx(1e-3 + 2e-5 * 512)
 
 
 def test_async_pipeline_delays_a_decode_step_until_the_next_launch_ends():

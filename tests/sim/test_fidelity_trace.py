@@ -72,3 +72,32 @@ def test_calibration_measures_the_front_end_and_each_kind_of_step_against_the_mo
 
 def test_calibration_without_traces_is_none():
     assert traced_overheads([{"ttft_s": 0.1, "tpot_s": 0.01}], StepCostModel(0, 0, 0, 0, 0)) is None
+
+
+def _async_calibration(launch_s: float) -> dict:
+    """One request on an async engine: a call launches its prefill (nothing to collect), the
+    next launches a decode and collects the prefill (first token), and so on."""
+    t_sub = 1.002
+    steps = [step(t_sub, t_sub + launch_s, PREFILL, True, [])]
+    t = t_sub + launch_s
+    for first in (["r"], [], []):
+        steps.append(step(t, t + 0.007, DECODE, True, first))
+        t += 0.007
+    request = [1.0, 100, None, None, 4, t_sub + launch_s + 0.007 + 0.003, t]
+    return {"steps": {"worker-0": steps}, "submits": {"worker-0": [[t_sub, 100, "r"]]},
+            "request": request}  # fmt: skip
+
+
+def test_calibration_of_a_split_model_shifts_the_launch_by_the_mean_served_launch():
+    from pdserve.sim.profiles import ServedCostModel
+
+    # profile: decode 7 ms on the device, prefill launches of 20 ms on average
+    cost = ServedCostModel(0.007, 1e-5, 0.0, 0.0, 0.0, prefill_base_s=-0.006,
+                           prefill_floor_s=0.020, pipelined=True, graph_launch_s=5e-4,
+                           launch_quantiles_s=(0.015, 0.020, 0.025))  # fmt: skip
+    calibration = [_async_calibration(s) for s in (0.022, 0.024, 0.038)]
+    got = traced_overheads(calibration, cost)
+    assert got["pipelined"] is True
+    assert got["prefill_s"] == pytest.approx(0.008)  # mean 28 ms served against 20
+    assert got["decode_s"] == pytest.approx(0.0, abs=1e-9)
+    assert got["request_s"] == pytest.approx(0.005)
