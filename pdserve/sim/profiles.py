@@ -172,7 +172,7 @@ class ServedCostModel(StepCostModel):
         return q[i] + (q[i + 1] - q[i]) * (x - i) if len(q) > 1 else q[0]
 
     @classmethod
-    def of(cls, cost: StepCostModel, **changes: float) -> ServedCostModel:
+    def of(cls, cost: StepCostModel, **changes: float | bool | tuple) -> ServedCostModel:
         """`cost` as a ServedCostModel (a plain model: its decode seq cost inside prefills too)."""
         base = {f.name: getattr(cost, f.name) for f in fields(StepCostModel)}
         if not isinstance(cost, ServedCostModel):
@@ -253,6 +253,7 @@ class ServedCostModel(StepCostModel):
             loss = sum(min(m, OUTLIER) for m in misses(model, prefill))  # the floor: a median
             if best is None or loss < best[0] - 1e-12:
                 best = (loss, model)
+        assert best is not None  # the candidates include floor 0
         return best[1]
 
     def with_decode_table(
