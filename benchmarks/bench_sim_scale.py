@@ -10,6 +10,12 @@ with sequence-steps (report both).
     python benchmarks/bench_sim_scale.py --num-requests 1000000 --num-instances 64
     python benchmarks/bench_sim_scale.py --num-requests 100000 --output-len 64
     python benchmarks/bench_sim_scale.py --sched-only   # host time per step, 256 decode seqs
+    python benchmarks/bench_sim_scale.py --build compiled   # the mypyc build of the hot modules
+
+`--build compiled` runs the same source with the scheduler, block hashing and the simulator's
+loop compiled by mypyc (benchmarks/build_sim_fast.py: built into build/simfast/ when missing or
+stale, then this script runs again with it first on PYTHONPATH). The output names the build
+that ran (`pure` or `mypyc`, read from where `pdserve.sched.scheduler` was loaded).
 
 Timings on a shared box are noisy: the script reports wall and CPU (process) time.
 """
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 
 from pdserve.bench.arrivals import arrival_offsets
@@ -27,6 +34,29 @@ from pdserve.bench.workload import BenchRequest
 from pdserve.sim.cluster import SimCluster, SimConfig
 from pdserve.sim.fleet import build_instances, parse_fleet
 from pdserve.sim.profiles import profile_for
+
+
+def build_kind() -> str:
+    """`mypyc` when the scheduler runs compiled (the build of build_sim_fast.py), else `pure`."""
+    import pdserve.sched.scheduler as module
+
+    return "mypyc" if module.__file__.endswith((".so", ".pyd")) else "pure"
+
+
+def run_compiled_build() -> None:
+    """Make sure this process runs the mypyc build: build it if needed and run this script
+    again with it first on PYTHONPATH (the command line unchanged)."""
+    if build_kind() == "mypyc":
+        return
+    if os.environ.get("PDSERVE_SIMFAST_REEXEC"):
+        sys.exit("the mypyc build did not load: is build/simfast/ shadowed on sys.path?")
+    import build_sim_fast
+
+    dest = build_sim_fast.build(quiet=False)
+    path = os.pathsep.join(p for p in (str(dest), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, PDSERVE_SIMFAST_REEXEC="1")
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 
 def scale_workload(num_requests: int, rate: float, output_len: int, seed: int = 0):
@@ -106,8 +136,19 @@ def main() -> None:
     p.add_argument("--rate-per-instance", type=float, default=150.0, help="req/s")
     p.add_argument("--sched-only", action="store_true", help="only the scheduler's step cost")
     p.add_argument("--json", default=None, help="append the result as a JSON line here")
+    p.add_argument(
+        "--build",
+        choices=("current", "compiled"),
+        default="current",
+        help="compiled: run the mypyc build (built first when missing or stale); "
+        "current: whatever `pdserve` imports (pure unless PYTHONPATH says otherwise)",
+    )
     args = p.parse_args()
-    record: dict = {"machine_load": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    if args.build == "compiled":
+        run_compiled_build()
+    record: dict = {"machine_load": os.getloadavg()[0], "cpu_count": os.cpu_count(),
+                    "build": build_kind()}  # fmt: skip
+    print(f"build: {record['build']}")
     for num_seqs in (64, 256):
         sched_us, update_us = scheduler_step_cost(num_seqs)
         print(f"scheduler host time per step, {num_seqs} decode seqs (min over 200 steps): "

@@ -115,12 +115,15 @@ def build(dest: Path = DEST, force: bool = False, opt_level: str = "3", quiet: b
     major, minor = sys.version_info[:2]
     (tmp / "mypy.ini").write_text(MYPY_INI.format(major=major, minor=minor))
     (tmp / "setup.py").write_text(SETUP_PY.format(modules=MODULES, opt_level=opt_level))
-    cmd = [sys.executable, "setup.py", "build_ext", "--inplace", "--parallel", "2"]
-    subprocess.run(cmd, cwd=tmp, check=True, text=True, capture_output=quiet)
-    (tmp / "STAMP").write_text(stamp + "\n")
-    shutil.rmtree(tmp / "build", ignore_errors=True)  # the C sources and objects
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--parallel", "2"]
+    try:
+        subprocess.run(cmd, cwd=tmp, check=True, text=True, capture_output=quiet)
+        (tmp / "STAMP").write_text(stamp + "\n")
+        shutil.rmtree(tmp / "build", ignore_errors=True)  # the C sources and objects
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

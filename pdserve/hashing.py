@@ -10,8 +10,9 @@ import struct
 from array import array
 from collections.abc import Sequence
 from hashlib import blake2b
+from typing import Final
 
-NONE_HASH = 0  # parent of the first block
+NONE_HASH: Final = 0  # parent of the first block
 
 
 def hash_block(parent_hash: int, token_ids: Sequence[int], extra: bytes = b"") -> int:

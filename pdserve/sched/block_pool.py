@@ -7,11 +7,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Block:
     block_id: int
-    ref_cnt: int = 0
-    block_hash: int | None = None  # set while the block is in the prefix cache
+    ref_cnt: int
+    block_hash: int | None  # set while the block is in the prefix cache
+
+    # Written out (not generated): the dataclass's `__init__` is built at import time, which
+    # the mypyc build (benchmarks/build_sim_fast.py) cannot compile.
+    def __init__(self, block_id: int, ref_cnt: int = 0, block_hash: int | None = None) -> None:
+        self.block_id = block_id
+        self.ref_cnt = ref_cnt
+        self.block_hash = block_hash
 
 
 class BlockPool:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from pdserve.sched.request import SchedRequest
@@ -11,10 +11,12 @@ from pdserve.types import Logprob
 
 # ScheduledSeq and StepPlan are built every step (one per scheduled request, one per step): plain
 # slotted dataclasses, not frozen ones, which cost several times as much to build. Treat them as
-# read-only all the same: the scheduler owns them, executors and callers only read.
+# read-only all the same: the scheduler owns them, executors and callers only read. Their
+# `__init__` is written out, not generated: the mypyc build (benchmarks/build_sim_fast.py)
+# compiles a written one, and calls a generated one as interpreted code (~10x slower).
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ScheduledSeq:
     """One request's share of a step: compute tokens [num_computed_tokens, + num_new_tokens).
 
@@ -29,7 +31,19 @@ class ScheduledSeq:
     num_new_tokens: int
     # Whether this step samples a new token for the request: it computes the request's last
     # token (known or pending) and the request may still generate. Fixed when scheduled.
-    samples: bool = False
+    samples: bool
+
+    def __init__(
+        self,
+        request: SchedRequest,
+        num_computed_tokens: int,
+        num_new_tokens: int,
+        samples: bool = False,
+    ) -> None:
+        self.request = request
+        self.num_computed_tokens = num_computed_tokens
+        self.num_new_tokens = num_new_tokens
+        self.samples = samples
 
     @property
     def request_id(self) -> str:
@@ -52,13 +66,27 @@ class ScheduledSeq:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class StepPlan:
     step_id: int
     seqs: tuple[ScheduledSeq, ...]
     num_batched_tokens: int
-    preempted_ids: tuple[str, ...] = ()
-    finished_ids: tuple[str, ...] = ()  # ended since the last plan: executors drop their state
+    preempted_ids: tuple[str, ...]
+    finished_ids: tuple[str, ...]  # ended since the last plan: executors drop their state
+
+    def __init__(
+        self,
+        step_id: int,
+        seqs: tuple[ScheduledSeq, ...],
+        num_batched_tokens: int,
+        preempted_ids: tuple[str, ...] = (),
+        finished_ids: tuple[str, ...] = (),
+    ) -> None:
+        self.step_id = step_id
+        self.seqs = seqs
+        self.num_batched_tokens = num_batched_tokens
+        self.preempted_ids = preempted_ids
+        self.finished_ids = finished_ids
 
     @property
     def is_empty(self) -> bool:
@@ -77,13 +105,25 @@ class StepPlan:
         return tuple((s.request_id, s.num_computed_tokens, s.num_new_tokens) for s in self.seqs)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class StepResult:
-    sampled_token_ids: dict[str, int] = field(default_factory=dict)
-    logprobs: dict[str, Logprob] = field(default_factory=dict)
+    sampled_token_ids: dict[str, int]
+    logprobs: dict[str, Logprob]
     # Logprobs of the prompt tokens computed in this step (chunk by chunk), None for token 0.
-    prompt_logprobs: dict[str, list[Logprob | None]] = field(default_factory=dict)
-    duration_s: float = 0.0
+    prompt_logprobs: dict[str, list[Logprob | None]]
+    duration_s: float
+
+    def __init__(
+        self,
+        sampled_token_ids: dict[str, int] | None = None,
+        logprobs: dict[str, Logprob] | None = None,
+        prompt_logprobs: dict[str, list[Logprob | None]] | None = None,
+        duration_s: float = 0.0,
+    ) -> None:
+        self.sampled_token_ids = {} if sampled_token_ids is None else sampled_token_ids
+        self.logprobs = {} if logprobs is None else logprobs
+        self.prompt_logprobs = {} if prompt_logprobs is None else prompt_logprobs
+        self.duration_s = duration_s
 
 
 class Executor(Protocol):

@@ -58,19 +58,34 @@ class SimConfig:
     trace: bool = False  # Chrome-trace events (steps, transfers, faults)
 
 
-@dataclass(slots=True, eq=False)
+# Both `__init__`s written out: the mypyc build (benchmarks/build_sim_fast.py) compiles them.
+@dataclass(slots=True, eq=False, init=False)
 class _ReqState:
     bench: BenchRequest
     timeline: RequestTimeline
-    num_retries: int = 0
-    stage: str = "fused"  # "fused" | "prefill" | "transfer" | "decode"
+    num_retries: int
+    stage: str  # "fused" | "prefill" | "transfer" | "decode"
+
+    def __init__(
+        self, bench: BenchRequest, timeline: RequestTimeline, num_retries: int = 0,
+        stage: str = "fused",
+    ) -> None:  # fmt: skip
+        self.bench = bench
+        self.timeline = timeline
+        self.num_retries = num_retries
+        self.stage = stage
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Handoff:
     state: _ReqState
     src: SimInstance
     dst: SimInstance
+
+    def __init__(self, state: _ReqState, src: SimInstance, dst: SimInstance) -> None:
+        self.state = state
+        self.src = src
+        self.dst = dst
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ tokens are scheduled like a prefix the instance computes, but cost nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from pdserve.cluster.cost_model import StepCostModel
 from pdserve.cluster.policies import add_pending
@@ -16,7 +17,7 @@ from pdserve.sched.plan import StepPlan, StepResult
 from pdserve.sched.scheduler import Scheduler
 from pdserve.types import InstanceSnapshot
 
-SIM_TOKEN_ID = 11  # every sampled token; never an EOS in the bench vocabulary (ids >= 10)
+SIM_TOKEN_ID: Final = 11  # every sampled token; never an EOS in the bench vocabulary (ids >= 10)
 
 
 class CostExecutor:

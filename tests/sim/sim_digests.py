@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -46,13 +48,6 @@ from pdserve.types import KVRole, Logprob, Request, SamplingParams  # noqa: E402
 
 PROFILE = profile_for("h100", "qwen3-0.6b")
 SMALL = replace(PROFILE, num_blocks=120, max_num_batched_tokens=256, max_num_seqs=8)
-
-
-def build_kind() -> str:
-    """"mypyc" when the scheduler module is a compiled extension, else "pure"."""
-    import pdserve.sched.scheduler as module
-
-    return "mypyc" if module.__file__.endswith((".so", ".pyd")) else "pure"
 
 
 def _digest(value) -> str:
@@ -104,13 +99,21 @@ def sim_scenarios() -> dict:
         "chat-trace": lambda: simulate(chat, "fused:2", routing="power_of_two", trace=True),
         "pd": lambda: simulate(chat, "prefill:1,decode:2", routing="power_of_two", trace=True),
         "pd-ttft": lambda: simulate(chat, "prefill:2,decode:2", routing="ttft"),
-        "failure": lambda: simulate(chat, "fused:2", routing="round_robin",
-                                    failures=((0.5, "fused-0", 1.0),)),  # fmt: skip
-        "pd-failure": lambda: simulate(chat, "prefill:1,decode:2", routing="least_load",
-                                       failures=((0.8, "decode-1", 0.7),)),  # fmt: skip
+        "failure": lambda: simulate(
+            chat, "fused:2", routing="round_robin", failures=((0.5, "fused-0", 1.0),)
+        ),  # fmt: skip
+        "pd-failure": lambda: simulate(
+            chat, "prefill:1,decode:2", routing="least_load", failures=((0.8, "decode-1", 0.7),)
+        ),  # fmt: skip
         "slo-burst": lambda: simulate(burst, "fused:2", routing="ttft", slo_ttft_s=0.05),
-        "preempt-lazy": lambda: simulate(small, "fused:2", SMALL, routing="power_of_two",
-                                         request_overhead_s=0.003, step_overhead_s=0.0004),
+        "preempt-lazy": lambda: simulate(
+            small,
+            "fused:2",
+            SMALL,
+            routing="power_of_two",
+            request_overhead_s=0.003,
+            step_overhead_s=0.0004,
+        ),
         "preempt-prefix": lambda: simulate(small, "fused:2", SMALL, routing="prefix"),
         "shared-prefix": lambda: simulate(shared, "fused:2", SMALL, routing="prefix"),
         "multi-turn": lambda: simulate(turns, "fused:2", routing="prefix"),
@@ -165,12 +168,16 @@ def sched_scenarios() -> dict:
                                    priority=i % 3, eos_token_ids=eos))  # fmt: skip
         script = {
             3: lambda s: s.finish("q4"),
-            5: lambda s: (s.add_request(_req(20, 30, 4, kv_role=KVRole.SEND)),
-                          s.add_request(_req(21, 26, 5, kv_role=KVRole.RECEIVE))),
+            5: lambda s: (
+                s.add_request(_req(20, 30, 4, kv_role=KVRole.SEND)),
+                s.add_request(_req(21, 26, 5, kv_role=KVRole.RECEIVE)),
+            ),
             9: lambda s: s.drain_kv_reservations(),
             14: lambda s: s.finish_receiving("q21", 42),
-            16: lambda s: (s.add_request(_req(22, 18, 3, kv_role=KVRole.RECEIVE)),
-                           s.add_request(_req(23, 10, 0))),
+            16: lambda s: (
+                s.add_request(_req(22, 18, 3, kv_role=KVRole.RECEIVE)),
+                s.add_request(_req(23, 10, 0)),
+            ),
             19: lambda s: s.finish_receiving("q22", None),
             22: lambda s: s.release_kv("q20"),
             25: lambda s: s.finish("q9", "stop"),
@@ -192,11 +199,25 @@ def scale_digest(num_requests: int) -> dict:
             "output_tokens": tokens}  # fmt: skip
 
 
+def run_compiled(*args: str) -> dict:
+    """This script's output with the mypyc build (benchmarks/build_sim_fast.py, built when
+    missing or stale) first on PYTHONPATH. Run as a script, so no `pdserve` folder in the
+    working directory shadows the build."""
+    import build_sim_fast
+
+    dest = build_sim_fast.build()
+    path = os.pathsep.join(p for p in (str(dest), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args],
+                         env=dict(os.environ, PYTHONPATH=path), check=True, capture_output=True,
+                         text=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scale", type=int, default=0, help="only the scale run of this many requests")
     args = p.parse_args()
-    out: dict = {"build": build_kind()}
+    out: dict = {"build": bench_sim_scale.build_kind()}
     if args.scale:
         out["scale"] = scale_digest(args.scale)
     else:
