@@ -11,6 +11,7 @@ import math
 import sys
 
 from pdserve.bench.cli import _add_workload_args, _goodput_item, config_of
+from pdserve.cluster.pd_policy import MODES
 from pdserve.cluster.policies import DEFAULT_POLICY, POLICIES, PolicyConfig
 from pdserve.sim.cluster import SimConfig
 from pdserve.sim.profiles import CARDS, DEFAULT_MODEL, load_profile, profile_for
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-cost-per-hour", type=float, default=None, help="$ (default: list price)")
     p.add_argument("--goodput", type=_goodput_item, nargs="+", default=[], metavar="METRIC:MS")
     p.add_argument("--slo-ttft-ms", type=float, default=None, help="SLO admission (refuse early)")
+    p.add_argument("--pd-disaggregation", choices=MODES, default="cost",
+                   help="PD fleets: as `pdserve up --pd-disaggregation`")  # fmt: skip
     p.add_argument("--fail", action="append", default=[], metavar="TIME_S:INSTANCE:DOWN_S",
                    help="fail an instance (e.g. 10:fused-1:30)")  # fmt: skip
     p.add_argument("--trace-out", default=None, help="write a Chrome-trace JSON timeline here")
@@ -83,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
             requests = with_arrivals(requests, args.request_rate, args.burstiness, args.seed)
         config = SimConfig(
             routing=args.routing,
+            pd_disaggregation=args.pd_disaggregation,
             policy=PolicyConfig(seed=args.seed),
             slo_ttft_s=args.slo_ttft_ms / 1000 if args.slo_ttft_ms else None,
             failures=_failures(args.fail),

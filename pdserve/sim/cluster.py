@@ -5,12 +5,19 @@ What the controller sees is what a real one would: each instance publishes its s
 KV events (numbered batches into `PrefixIndex`) at the end of every step; requests routed since
 are added to the view with `policies.add_pending`.
 
-PD disaggregation (until the scheduler has PD states; kept small on purpose):
-    1. the prefill instance runs the request with max_tokens=1: its one token is the first token;
-    2. the KV of the prompt crosses the network (`network.Network`, prompt_len x KV bytes/token);
-    3. the decode instance gets prompt + first token with max_tokens = output_len - 1, and its
-       executor prices the transferred prompt tokens at zero (they still take that step's token
-       budget: the approximation to drop once the decode side can reserve remote KV).
+PD disaggregation is the controller's hand-off (cluster/pd_router.py) on the schedulers' PD
+states, with messages taking no time:
+    1. the pair: `cluster.pd_policy.choose_pd` on the views (decode by KV headroom, prefill by
+       estimated TTFT + transfer; in mode "cost" the request may run fused on the decode side);
+    2. the decode instance gets the request as RECEIVE: its next schedule reserves blocks for the
+       uncached prompt (WAITING_FOR_KV), published at that step's end;
+    3. the prefill instance gets it as SEND with max_tokens=1; its token is the first token (TTFT
+       does not wait for the KV). Each chunk's KV crosses the network (`network.Network`) as the
+       chunk's step ends, so the transfer overlaps the prefill and only the last chunk's shows
+       (the engine streams that one per layer: here it is sent whole, after the step);
+    4. once the last chunk has landed the prefill side frees its blocks (`release_kv`) and the
+       decode side continues from the prompt's end (`finish_receiving`), its repeat of the
+       first token dropped. A prefill instance lost before that: the decode side recomputes.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pdserve.bench.workload import BenchRequest
-from pdserve.cluster.policies import PolicyConfig, add_pending, admit, make_policy
+from pdserve.cluster.cost_model import Link
+from pdserve.cluster.pd_policy import Candidate, choose_pd
+from pdserve.cluster.policies import PolicyConfig, Ttft, add_pending, admit, make_policy
 from pdserve.cluster.prefix_index import PrefixIndex
 from pdserve.hashing import hash_blocks
 from pdserve.metrics import RequestTimeline
@@ -36,13 +45,17 @@ from pdserve.sim.events import (
 from pdserve.sim.instance import SIM_TOKEN_ID, SimInstance
 from pdserve.sim.network import Network, Topology
 from pdserve.sim.trace import ChromeTrace
-from pdserve.types import Request, SamplingParams, TokenEvent
+from pdserve.types import KVReservation, KVRole, Request, SamplingParams, TokenEvent
+
+PREFILL_SUFFIX = "@prefill"  # a hand-off's SEND request id, as the controller names it
 
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    routing: str = "ttft"  # policy for fused and prefill instances
-    decode_routing: str = "least_load"  # PD: policy choosing the decode instance
+    routing: str = "ttft"  # policy of a fused fleet
+    # PD fleets pair instances as the controller does (cluster.pd_router.PDConfig's fields):
+    pd_disaggregation: str = "cost"  # "cost" | "always" | "never" (cluster.pd_policy.MODES)
+    max_decode_step_s: float = 0.05  # "cost": the decode side's running sequences' TBT budget
     policy: PolicyConfig = PolicyConfig()
     topology: Topology = Topology()
     slo_ttft_s: float | None = None  # SLO admission: refuse when the estimate misses it
@@ -64,7 +77,7 @@ class _ReqState:
     bench: BenchRequest
     timeline: RequestTimeline
     num_retries: int
-    stage: str  # "fused" | "prefill" | "transfer" | "decode"
+    stage: str  # "fused" | "reserve" | "prefill" | "transfer" | "decode"
 
     def __init__(
         self, bench: BenchRequest, timeline: RequestTimeline, num_retries: int = 0,
@@ -76,16 +89,33 @@ class _ReqState:
         self.stage = stage
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, eq=False, init=False)
 class _Handoff:
+    """One request's PD hand-off from `src` (prefill) to `dst` (decode)."""
+
     state: _ReqState
     src: SimInstance
     dst: SimInstance
+    hashes: tuple[int, ...]
+    src_incarnation: int
+    dst_incarnation: int
+    num_cached_tokens: int  # leading prompt tokens the decode side holds (its reservation)
+    landed_s: float  # when the KV sent so far has landed
+    skip_first: bool  # the first token was delivered: the decode side repeats it
 
-    def __init__(self, state: _ReqState, src: SimInstance, dst: SimInstance) -> None:
+    def __init__(
+        self, state: _ReqState, src: SimInstance, dst: SimInstance, hashes: tuple[int, ...],
+        src_incarnation: int, dst_incarnation: int,
+    ) -> None:  # fmt: skip
         self.state = state
         self.src = src
         self.dst = dst
+        self.hashes = hashes
+        self.src_incarnation = src_incarnation
+        self.dst_incarnation = dst_incarnation
+        self.num_cached_tokens = 0
+        self.landed_s = 0.0
+        self.skip_first = False
 
 
 @dataclass(slots=True)
@@ -110,7 +140,6 @@ class SimCluster:
         self.config = config
         self.kv_bytes_per_token = kv_bytes_per_token
         self.policy = make_policy(config.routing, config.policy)
-        self.decode_policy = make_policy(config.decode_routing, config.policy)
         self.index = PrefixIndex()
         self.network = Network(config.topology)
         self.loop = EventLoop()
@@ -122,8 +151,11 @@ class SimCluster:
         self._sampling: dict[int, SamplingParams] = {}
         self.is_pd = any(i.role == "prefill" for i in self.instances)
         self._live_by_role: dict[str, list[SimInstance]] = {}  # cleared when one dies or returns
-        # The prefix index is fed only for a policy that reads it (nothing else does).
-        self.feeds_index = self.policy.needs_prefix
+        self._handoffs: dict[str, _Handoff] = {}  # request id -> its hand-off, until it lands
+        self._pd_steps = Ttft(config.policy)  # step-time fits per role and kind, as pd_router's
+        self._links: dict[tuple[str, str], Link] = {}
+        # The prefix index is fed only for a policy that reads it (and the PD pairing does).
+        self.feeds_index = self.policy.needs_prefix or self.is_pd
         for inst in self.instances:
             inst.emit_kv_events(self.feeds_index)
         self.is_lazy = False  # set by `run`: see `_run_lazy`
@@ -277,32 +309,94 @@ class SimCluster:
     def on_arrival(self, bench: BenchRequest, now: float, views: Sequence | None = None) -> None:
         """Route and queue one request; `views`: the candidates' views (lazy runs)."""
         state = self._reqs[bench.request_id]
-        candidates = self._live("prefill" if self.is_pd else "fused")
+        # Hashed once here: the index lookup and the instance's scheduler share the hashes.
+        hashes = tuple(hash_blocks(bench.prompt_token_ids, self.block_size))
+        if self.is_pd:
+            self._route_pd(state, hashes, now)
+            return
+        candidates = self._live("fused")
         if not candidates:
             self._fail(state, now, "no live instance")
             return
-        # Hashed once here: the index lookup and the instance's scheduler share the hashes.
-        hashes = tuple(hash_blocks(bench.prompt_token_ids, self.block_size))
         matched = self.index.longest_prefix(hashes) if self.policy.needs_prefix else {}
-        max_tokens = 1 if self.is_pd else bench.output_len
-        req = Request(bench.request_id, bench.prompt_token_ids, self._sampling_for(max_tokens),
-                      now, block_hashes=hashes)  # fmt: skip
+        req = Request(bench.request_id, bench.prompt_token_ids,
+                      self._sampling_for(bench.output_len), now, block_hashes=hashes)  # fmt: skip
         if views is None:
             views = [i.view for i in candidates]
         decision = self.policy.route(req, views, now, matched)
         if not admit(decision, self.config.slo_ttft_s):
             self._fail(state, now, "429: the TTFT SLO cannot be met")
             return
-        state.stage = "prefill" if self.is_pd else "fused"
+        state.stage = "fused"
         self._submit(self.by_id[decision.instance_id], req, now)
+
+    def _route_pd(self, state: _ReqState, hashes: tuple[int, ...], now: float) -> None:
+        """Pair the request (`choose_pd`) and start its hand-off, or run it fused on the decode
+        instance when the pairing says so."""
+        bench = state.bench
+        decodes = self._live("decode")
+        if not decodes:
+            self._fail(state, now, "no live decode instance")
+            return
+        matched = self.index.longest_prefix(hashes)
+
+        def candidates(insts: list[SimInstance]) -> list[Candidate]:
+            out = []
+            for inst in insts:
+                view = inst.view
+                assert view is not None  # an eager run publishes every step
+                model = self._pd_steps.observe(view)
+                out.append(Candidate(view, model.step_time, matched.get(inst.instance_id, 0)))
+            return out
+
+        choice = choose_pd(
+            bench.prompt_len, bench.output_len, candidates(self._live("prefill")),
+            candidates(decodes), self.kv_bytes_per_token * self.block_size, self._link,
+            self.config.policy.max_batched_tokens, self.config.pd_disaggregation,
+            self.config.max_decode_step_s,
+        )  # fmt: skip
+        if self.config.slo_ttft_s is not None and choice.est_ttft_s > self.config.slo_ttft_s:
+            self._fail(state, now, "429: the TTFT SLO cannot be met")
+            return
+        dst = self.by_id[choice.decode_id]
+        sampling = self._sampling_for(bench.output_len)
+        if choice.prefill_id is None:
+            state.stage = "fused"
+            req = Request(bench.request_id, bench.prompt_token_ids, sampling, now,
+                          block_hashes=hashes)  # fmt: skip
+        else:
+            src = self.by_id[choice.prefill_id]
+            state.stage = "reserve"
+            self._handoffs[bench.request_id] = _Handoff(
+                state, src, dst, hashes, src.incarnation, dst.incarnation
+            )
+            req = Request(bench.request_id, bench.prompt_token_ids, sampling, now,
+                          block_hashes=hashes, kv_role=KVRole.RECEIVE)  # fmt: skip
+        self._submit(dst, req, now)
+
+    def _link(self, prefill_id: str, decode_id: str) -> Link:
+        link = self._links.get((prefill_id, decode_id))
+        if link is None:
+            src, dst = self.by_id[prefill_id], self.by_id[decode_id]
+            net = self.config.topology.link(src.index, dst.index)
+            link = Link(net.bandwidth_gbps * 1e9, net.latency_s)
+            self._links[prefill_id, decode_id] = link
+        return link
 
     def on_step_start(self, inst: SimInstance, now: float) -> None:
         inst.kick_pending = False
-        if inst.is_alive and not inst.is_busy and inst.scheduler.has_unfinished:
+        if inst.is_alive and not inst.is_busy and inst.has_work:
             self._start(inst, now)
 
     def on_step_end(self, inst: SimInstance, now: float) -> None:
+        plan = inst.plan
+        assert plan is not None
+        if self._handoffs and inst.role == "prefill":
+            self._send_chunks(inst, plan, now)
         self._take_events(inst, inst.end_step(now), now)
+        if inst.role == "decode":
+            for reservation in inst.scheduler.drain_kv_reservations():
+                self._on_reserved(reservation, now)
         if self.is_lazy:
             inst.capture(now)  # feeds_index is off: no KV events
         else:
@@ -311,51 +405,106 @@ class SimCluster:
             if kv_events:  # a step that stored or evicted nothing sends no batch
                 self.index.apply(inst.instance_id, inst.kv_seq_no, kv_events)
                 inst.kv_seq_no += 1
-        if inst.scheduler.has_unfinished:
+        # A step with nothing to compute waits for a kick (a request, KV landing, blocks freed):
+        # blocks held by hand-offs are freed only by later events.
+        if inst.has_work and (plan.seqs or plan.preempted_ids):
             self._start(inst, now)
+
+    def _kick(self, inst: SimInstance, now: float) -> None:
+        if inst.is_alive and not inst.is_busy and not inst.kick_pending:
+            inst.kick_pending = True
+            self.loop.push(now, StepStart(inst))
 
     def _take_events(self, inst: SimInstance, events: list[TokenEvent], now: float) -> None:
         """A step's token events into the request timelines; finished requests end (or, on a
-        prefill instance, go on to their decode instance)."""
+        prefill instance, their hand-off goes on: `on_transfer_done`)."""
         reqs = self._reqs
         for event in events:
             state = reqs[event.request_id]
             tl = state.timeline
             if event.new_token_ids:
+                if state.stage == "decode" and self._handoffs:
+                    handoff = self._handoffs.get(state.bench.request_id)
+                    if handoff is not None and handoff.skip_first:  # the first token, again
+                        handoff.skip_first = False
+                        del self._handoffs[state.bench.request_id]
+                        if event.finish_reason is not None:
+                            self._finish(state, now)
+                        continue
                 tl.token_times_s.append(now)
                 tl.num_output_tokens += len(event.new_token_ids)
             if event.finish_reason is not None:
-                if state.stage == "prefill" and state.bench.output_len > 1:
-                    self._hand_off(state, inst, now)
+                if state.stage == "prefill":
+                    self._prefilled(self._handoffs[state.bench.request_id], now)
                 else:
                     self._finish(state, now)
 
-    def _hand_off(self, state: _ReqState, src: SimInstance, now: float) -> None:
-        decodes = self._live("decode")
-        if not decodes:
-            self._fail(state, now, "no live decode instance")
-            return
-        req = Request(state.bench.request_id, state.bench.prompt_token_ids, self._sampling_for(1))
-        views: list = [i.view for i in decodes]  # an eager run: published, never None
-        dst = self.by_id[self.decode_policy.route(req, views, now).instance_id]
-        num_bytes = state.bench.prompt_len * self.kv_bytes_per_token
-        start_s, done_s = self.network.transfer(src.index, dst.index, num_bytes, now)
-        if self.trace is not None:
-            self.trace.transfer(src, dst, state.bench.request_id, start_s, done_s, num_bytes)
-        state.stage = "transfer"
-        self.loop.push(done_s, TransferDone(_Handoff(state, src, dst)))
+    # ---- PD hand-offs --------------------------------------------------------------------
 
-    def on_transfer_done(self, handoff: _Handoff, now: float) -> None:
-        state, dst = handoff.state, handoff.dst
-        if not dst.is_alive:
-            self._hand_off(state, handoff.src, now)  # the KV is still on the prefill side
+    def _on_reserved(self, reservation: KVReservation, now: float) -> None:
+        """The decode side reserved blocks: the prefill side gets the request (SEND)."""
+        handoff = self._handoffs[reservation.request_id]
+        handoff.num_cached_tokens = reservation.num_cached_tokens
+        state, src = handoff.state, handoff.src
+        if not src.is_alive or src.incarnation != handoff.src_incarnation:
+            self._recompute_on_decode(handoff, now)
             return
         bench = state.bench
-        req = Request(bench.request_id, bench.prompt_token_ids + (SIM_TOKEN_ID,),
-                      self._sampling_for(bench.output_len - 1), now)  # fmt: skip
-        dst.executor.remote_tokens[bench.request_id] = bench.prompt_len
+        state.stage = "prefill"
+        prid = bench.request_id + PREFILL_SUFFIX
+        self._reqs[prid] = state
+        req = Request(prid, bench.prompt_token_ids, self._sampling_for(1), now,
+                      block_hashes=handoff.hashes, kv_role=KVRole.SEND)  # fmt: skip
+        self._submit(src, req, now)
+
+    def _send_chunks(self, inst: SimInstance, plan, now: float) -> None:
+        """A prefill step ends: the KV of each hand-off's chunk that the decode side lacks
+        leaves for it (after the chunks before it, on the same link)."""
+        for seq in plan.seqs:
+            if seq.request.kv_role is not KVRole.SEND:
+                continue
+            handoff = self._handoffs[seq.request.request_id[: -len(PREFILL_SUFFIX)]]
+            begin = max(seq.num_computed_tokens, handoff.num_cached_tokens)
+            num_tokens = seq.num_computed_tokens + seq.num_new_tokens - begin
+            if num_tokens <= 0:
+                continue
+            num_bytes = num_tokens * self.kv_bytes_per_token
+            start_s, done_s = self.network.transfer(inst.index, handoff.dst.index, num_bytes, now)
+            handoff.landed_s = max(handoff.landed_s, done_s)
+            if self.trace is not None:
+                self.trace.transfer(inst, handoff.dst, handoff.state.bench.request_id, start_s,
+                                    done_s, num_bytes)  # fmt: skip
+
+    def _prefilled(self, handoff: _Handoff, now: float) -> None:
+        """The prefill side's token is out (the first token): the hand-off completes when the
+        last chunk's KV has landed."""
+        handoff.state.stage = "transfer"
+        handoff.skip_first = True
+        self.loop.push(max(now, handoff.landed_s), TransferDone(handoff))
+
+    def on_transfer_done(self, handoff: _Handoff, now: float) -> None:
+        state, src, dst = handoff.state, handoff.src, handoff.dst
+        if self._handoffs.get(state.bench.request_id) is not handoff:
+            return  # a lost instance ended it meanwhile
+        if src.incarnation == handoff.src_incarnation:
+            src.scheduler.release_kv(state.bench.request_id + PREFILL_SUFFIX)
+            self._kick(src, now)  # its freed blocks may admit a waiting prompt
         state.stage = "decode"
-        self._submit(dst, req, now)
+        self._take_events(dst, dst.scheduler.finish_receiving(state.bench.request_id,
+                                                              SIM_TOKEN_ID), now)  # fmt: skip
+        self._kick(dst, now)
+
+    def _recompute_on_decode(self, handoff: _Handoff, now: float) -> None:
+        """The prefill side is lost before the KV landed: the decode side computes the prompt
+        (the first token, if it was out, is not delivered twice)."""
+        state = handoff.state
+        skip_first = state.stage == "transfer"
+        state.stage = "decode"
+        handoff.skip_first = skip_first
+        if not skip_first:
+            del self._handoffs[state.bench.request_id]
+        handoff.dst.scheduler.finish_receiving(state.bench.request_id, None)
+        self._kick(handoff.dst, now)
 
     def on_failure(self, inst: SimInstance, now: float) -> None:
         """The instance dies: requests without a token are retried elsewhere (up to
@@ -363,8 +512,19 @@ class SimCluster:
         inst.is_alive = False
         inst.incarnation += 1
         self._live_by_role.clear()
+        for handoff in list(self._handoffs.values()):
+            if handoff.src is inst and handoff.state.stage in ("prefill", "transfer"):
+                self._recompute_on_decode(handoff, now)
         for request_id in list(inst.scheduler.requests):
+            if request_id.endswith(PREFILL_SUFFIX):
+                continue  # its decode side recomputes (above)
             state = self._reqs[request_id]
+            pending = self._handoffs.get(request_id)
+            if pending is not None:
+                del self._handoffs[request_id]
+                if pending.src.incarnation == pending.src_incarnation:  # nobody to send to
+                    pending.src.scheduler.finish(request_id + PREFILL_SUFFIX)
+                    self._kick(pending.src, now)
             if not state.timeline.token_times_s and state.num_retries < self.config.max_retries:
                 state.num_retries += 1
                 self.loop.push(now, Arrival(state.bench))

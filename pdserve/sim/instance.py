@@ -2,8 +2,8 @@
 
 The executor stands in for the model: it samples a fixed token (outputs never matter to the
 simulation: workloads run with ignore_eos and fixed output lengths) and prices the step with a
-step-time function of the plan. KV that arrived by transfer (PD disaggregation) is free: its
-tokens are scheduled like a prefix the instance computes, but cost nothing.
+step-time function of the plan. A plan with nothing to compute takes no time (the engine does
+not launch it); KV that arrives by transfer is never in a plan (`Scheduler.finish_receiving`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ class CostExecutor:
         # A cost model that is not the linear sum (sim.profiles.ServedCostModel) prices a shape
         self.shape_time = getattr(cost, "shape_time", None)
         self.overlap_s = 0.0  # the step before, when this one starts as it ends (SimInstance)
-        self.remote_tokens: dict[str, int] = {}  # request_id -> leading tokens whose KV arrived
 
     def execute(self, plan: StepPlan) -> StepResult:
         sampled = {s.request.request_id: SIM_TOKEN_ID for s in plan.seqs if s.samples}
-        if self.remote_tokens:
-            for request_id in plan.finished_ids:
-                self.remote_tokens.pop(request_id, None)
+        if not plan.seqs:
+            return StepResult(sampled, {}, {}, 0.0)
         if self.step_time is not None:
             return StepResult(sampled, {}, {}, self.step_time(plan))
         p_tok, p_pairs, d_seqs, d_ctx = self._shape(plan)
@@ -56,16 +54,9 @@ class CostExecutor:
 
     def _shape(self, plan: StepPlan) -> tuple[int, int, int, int]:
         """`StepShape` fields: prefill tokens, prefill pairs, decode seqs, decode context."""
-        remote = self.remote_tokens
         p_tok = p_pairs = d_seqs = d_ctx = 0
         for seq in plan.seqs:
             done, new = seq.num_computed_tokens, seq.num_new_tokens
-            if remote:
-                end = done + new
-                done = max(done, remote.get(seq.request.request_id, 0))
-                new = end - done
-                if new <= 0:
-                    continue
             if new > 1 or done + new <= seq.request.prompt_len:
                 p_tok += new
                 p_pairs += new * done + new * (new + 1) // 2
@@ -137,6 +128,13 @@ class SimInstance:
         self.pending: list[int] = []  # prompt lengths of requests routed here since then
         self.num_view_pending = 0  # how many of them `view` already counts
         self.view: InstanceSnapshot | None = self.publish(0.0)
+
+    @property
+    def has_work(self) -> bool:
+        """Something to compute (the worker's rule): requests waiting for KV from another
+        instance alone run no steps."""
+        sched = self.scheduler
+        return len(sched.requests) > len(sched.receiving)
 
     def start_step(self, now: float) -> float:
         """Schedule and price one step; returns its duration in seconds."""
@@ -219,7 +217,6 @@ class SimInstance:
         """A fresh process: empty scheduler and cache, a new incarnation."""
         self.scheduler = self.make_scheduler()
         self.scheduler.kv.prefix_cache.emits_events = self.emits_kv_events
-        self.executor.remote_tokens.clear()
         self.is_busy = self.kick_pending = False
         self.plan = self.result = None
         self.kv_seq_no = 0

@@ -44,16 +44,6 @@ def test_every_request_completes_with_its_output_length():
         inst.scheduler.check_integrity()
 
 
-def test_disaggregated_fleet_prefills_then_decodes_after_the_transfer():
-    sim = run("prefill:1,decode:2", trace=True)
-    assert sim.summary.completed == 300
-    by_id = {i.instance_id: i for i in sim.result.instances}
-    assert by_id["prefill-0"].scheduler.stats.generation_tokens == 300  # one token each
-    assert by_id["decode-1"].num_steps > 0 and by_id["decode-2"].num_steps > 0
-    transfers = [e for e in sim.result.trace if e["name"].startswith("kv ")]
-    assert len(transfers) == sum(r.output_len > 1 for r in workload())
-
-
 def test_failure_retries_requests_without_a_first_token():
     sim = run(
         "fused:2", n=200, rate=100.0, failures=((0.5, "fused-0", 1.0),), routing="round_robin"
