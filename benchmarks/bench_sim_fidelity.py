@@ -722,7 +722,11 @@ def main() -> None:
         measure_profile(args, profile_path)
     profile = load_profile(str(profile_path))
     if args.fit == "split":  # the profile's host/device times (GPU) for an async engine
-        profile = replace(profile, cost=split_cost(json.loads(profile_path.read_text())))
+        try:
+            profile = replace(profile, cost=split_cost(json.loads(profile_path.read_text())))
+        except (SystemExit, ValueError) as e:  # the real run is worth more: go on, served fit
+            print(f"--fit split: {e}; the profile's own fit instead (--resim can refit)")
+            args.fit = "served"
     if args.decode_table:
         cost = with_table(profile.cost, json.loads(profile_path.read_text()), args.fit)
         profile = replace(profile, cost=cost)
