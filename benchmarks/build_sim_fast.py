@@ -57,25 +57,11 @@ follow_imports = silent
 [mypy-pdserve.engine.*,pdserve.model.*,pdserve.kvxfer.*,pdserve.server.*,pdserve.deploy.*]
 follow_imports = skip
 """
+# (mypyc 2.4.1 fails on a compiled method with **kwargs after a parameter with a default: it
+# writes the docstring's text signature with the **kwargs positional-only. None is left.)
 SETUP_PY = """\
-import inspect
-
 from setuptools import setup
 from mypyc.build import mypycify
-
-
-class _Signature(inspect.Signature):
-    # mypyc 2.4.1 makes a method's **kwargs positional-only in the text signature it writes for
-    # the method's docstring, which inspect refuses after a parameter with a default
-    # (Scheduler.snapshot). Only that docstring text is affected: keep it unvalidated.
-    def __init__(self, parameters=None, **kwargs):
-        try:
-            super().__init__(parameters, **kwargs)
-        except ValueError:
-            super().__init__(parameters, __validate_parameters__=False)
-
-
-inspect.Signature = _Signature
 
 setup(
     name="pdserve_simfast",

@@ -13,12 +13,16 @@ from hashlib import blake2b
 from typing import Final
 
 NONE_HASH: Final = 0  # parent of the first block
+# An empty 8-byte blake2b, copied for each block: a copy is about half the cost of building one
+# from its parameters (the same state: blake2b(data, digest_size=8) == copy().update(data)).
+_BLAKE2B_8: Final = blake2b(digest_size=8)
 
 
 def hash_block(parent_hash: int, token_ids: Sequence[int], extra: bytes = b"") -> int:
     """64-bit hash of one full block chained on its parent's hash."""
-    data = parent_hash.to_bytes(8, "little") + array("q", token_ids).tobytes() + extra
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
+    h = _BLAKE2B_8.copy()
+    h.update(parent_hash.to_bytes(8, "little") + array("q", token_ids).tobytes() + extra)
+    return int.from_bytes(h.digest(), "little")
 
 
 def hash_blocks(
@@ -37,8 +41,11 @@ def hash_blocks(
     data = struct.pack(f"{num_tokens}q", *token_ids[start : start + num_tokens])
     step = 8 * block_size
     parent = parent_hash.to_bytes(8, "little")
+    copy = _BLAKE2B_8.copy
     digests = []
     for begin in range(0, 8 * num_tokens, step):
-        parent = blake2b(parent + data[begin : begin + step], digest_size=8).digest()
+        h = copy()
+        h.update(parent + data[begin : begin + step])
+        parent = h.digest()
         digests.append(parent)
     return list(struct.unpack(f"<{num_blocks}Q", b"".join(digests)))

@@ -336,10 +336,20 @@ class Scheduler:
 
     # ---- views ---------------------------------------------------------------------------
 
-    def snapshot(self, instance_id: str = "", now: float = 0.0, **fields) -> InstanceSnapshot:
-        """The instance's `InstanceSnapshot`; `fields` sets the ones the scheduler does not know
-        (role, incarnation, the last step's time and tokens)."""
-        return self.snapshot_of(self.load(), instance_id, now, **fields)
+    def snapshot(
+        self,
+        instance_id: str = "",
+        now: float = 0.0,
+        step_time_s: float = 0.0,
+        step_tokens: int = 0,
+        role: str = "fused",
+        incarnation: str = "",
+        kind: str = "",
+    ) -> InstanceSnapshot:
+        """The instance's `InstanceSnapshot`; the other arguments are the fields the scheduler
+        does not know (the last step's time and tokens, role, incarnation, kind)."""
+        return self.snapshot_of(self.load(), instance_id, now, step_time_s, step_tokens, role,
+                                incarnation, kind)  # fmt: skip
 
     def load(self) -> tuple[int, int, int, int, int, int, int]:
         """The snapshot's fields that change step by step, as a plain tuple: cheap to take every
@@ -360,24 +370,38 @@ class Scheduler:
         )
 
     def snapshot_of(
-        self, load: tuple[int, int, int, int, int, int, int], instance_id: str, now: float, **fields
+        self,
+        load: tuple[int, int, int, int, int, int, int],
+        instance_id: str,
+        now: float,
+        step_time_s: float = 0.0,
+        step_tokens: int = 0,
+        role: str = "fused",
+        incarnation: str = "",
+        kind: str = "",
     ) -> InstanceSnapshot:
         """The `InstanceSnapshot` of a `load()` taken earlier (at time `now`)."""
         (num_waiting, num_running, num_waiting_tokens, num_running_tokens, num_free, num_cached,
          num_steps) = load  # fmt: skip
+        # Positional, in InstanceSnapshot's field order (as policies.add_pending copies it):
+        # a snapshot is built per routing read, and keywords cost twice as much to pass.
         return InstanceSnapshot(
-            instance_id=instance_id,
-            num_waiting=num_waiting,
-            num_running=num_running,
-            num_waiting_tokens=num_waiting_tokens,
-            num_running_tokens=num_running_tokens,
-            num_free_blocks=num_free,
-            num_cached_blocks=num_cached,
-            num_total_blocks=self.kv.num_blocks,
-            block_size=self.block_size,
-            num_steps=num_steps,
-            now_s=now,
-            **fields,
+            instance_id,
+            num_waiting,
+            num_running,
+            num_waiting_tokens,
+            num_running_tokens,
+            num_free,
+            num_cached,
+            self.kv.num_blocks,
+            self.block_size,
+            step_time_s,
+            step_tokens,
+            num_steps,
+            role,
+            incarnation,
+            now,
+            kind,
         )
 
     def drain_kv_events(self) -> list[KVCacheEvent]:
