@@ -389,10 +389,10 @@ class SimCluster:
             self._start(inst, now)
 
     def on_step_end(self, inst: SimInstance, now: float) -> None:
-        plan = inst.plan
-        assert plan is not None
         if self._handoffs and inst.role == "prefill":
-            self._send_chunks(inst, plan, now)
+            plan = inst.ending_plan
+            if plan is not None:
+                self._send_chunks(inst, plan, now)
         self._take_events(inst, inst.end_step(now), now)
         if inst.role == "decode":
             for reservation in inst.scheduler.drain_kv_reservations():
@@ -407,7 +407,7 @@ class SimCluster:
                 inst.kv_seq_no += 1
         # A step with nothing to compute waits for a kick (a request, KV landing, blocks freed):
         # blocks held by hand-offs are freed only by later events.
-        if inst.has_work and (plan.seqs or plan.preempted_ids):
+        if inst.has_work and inst.progressed:
             self._start(inst, now)
 
     def _kick(self, inst: SimInstance, now: float) -> None:

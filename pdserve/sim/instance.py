@@ -8,6 +8,7 @@ not launch it); KV that arrives by transfer is never in a plan (`Scheduler.finis
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Final
 
@@ -15,6 +16,7 @@ from pdserve.cluster.cost_model import StepCostModel
 from pdserve.cluster.policies import add_pending
 from pdserve.sched.plan import StepPlan, StepResult
 from pdserve.sched.scheduler import Scheduler
+from pdserve.sim.profiles import AsyncPipeline, ServedCostModel
 from pdserve.types import InstanceSnapshot
 
 SIM_TOKEN_ID: Final = 11  # every sampled token; never an EOS in the bench vocabulary (ids >= 10)
@@ -93,6 +95,11 @@ class SimInstance:
         "published",
         "pending",
         "num_view_pending",
+        "pipeline",
+        "in_flight",
+        "collected",
+        "jitter",
+        "progressed",
     )
 
     def __init__(
@@ -127,6 +134,19 @@ class SimInstance:
         self.published: tuple | None = None  # (load, time, step time, step tokens) of `capture`
         self.pending: list[int] = []  # prompt lengths of requests routed here since then
         self.num_view_pending = 0  # how many of them `view` already counts
+        # An engine with async scheduling (a pipelined model with measured host launches,
+        # `profiles.ServedCostModel.fit_split`): the step in flight (plan, result, when the
+        # device ends it) and the one the next step end applies.
+        cost = executor.cost
+        self.pipeline: AsyncPipeline | None = None
+        if isinstance(cost, ServedCostModel) and cost.pipelined and cost.graph_launch_s > 0:
+            self.pipeline = AsyncPipeline(cost)
+        self.in_flight: tuple[StepPlan, StepResult, float] | None = None
+        self.collected: tuple[StepPlan, StepResult, float] | None = None
+        self.jitter: random.Random | None = None  # draws host launch times when set
+        # Whether the step started last changed anything (scheduled, preempted or collected):
+        # one that did not waits for a kick (a request, KV landing, blocks freed) to run again.
+        self.progressed = False
         self.view: InstanceSnapshot | None = self.publish(0.0)
 
     @property
@@ -134,11 +154,21 @@ class SimInstance:
         """Something to compute (the worker's rule): requests waiting for KV from another
         instance alone run no steps."""
         sched = self.scheduler
-        return len(sched.requests) > len(sched.receiving)
+        return len(sched.requests) > len(sched.receiving) or self.in_flight is not None
+
+    @property
+    def ending_plan(self) -> StepPlan | None:
+        """The plan whose tokens the step now ending applies (async: the one it collects)."""
+        if self.pipeline is not None:
+            return self.collected[0] if self.collected is not None else None
+        return self.plan
 
     def start_step(self, now: float) -> float:
         """Schedule and price one step; returns its duration in seconds."""
+        if self.pipeline is not None:
+            return self._start_async(now, self.pipeline)
         plan = self.plan = self.scheduler.schedule(now)
+        self.progressed = bool(plan.seqs or plan.preempted_ids)
         if self.executor.shape_time is not None:  # the only cost model that reads the overlap
             last = self.result  # a pipelined engine launched this step while that one ran
             overlap_s = 0.0
@@ -150,8 +180,39 @@ class SimInstance:
         self.step_start_s = now
         return result.duration_s
 
+    def _start_async(self, now: float, pipeline: AsyncPipeline) -> float:
+        """As `EngineCore._step_async`: schedule and launch the next step, then wait for the
+        one in flight (`AsyncPipeline`); the duration runs to when that one's tokens are out,
+        or to the end of the launch when none was in flight."""
+        plan = self.plan = self.scheduler.schedule(now)
+        in_flight = self.collected = self.in_flight
+        self.progressed = bool(plan.seqs or plan.preempted_ids or in_flight is not None)
+        self.is_busy = True
+        self.step_start_s = now
+        if plan.is_empty and in_flight is None:  # nothing to launch or collect
+            result = self.result = self.executor.execute(plan)
+            return result.duration_s
+        launched_s = now
+        self.in_flight = None
+        if not plan.is_empty:
+            result = self.result = self.executor.execute(plan)
+            u = self.jitter.random() if self.jitter is not None else None
+            launched_s, device_end_s = pipeline.launch(now, self.executor._shape(plan), u)
+            self.in_flight = (plan, result, device_end_s)
+        if in_flight is None:
+            return launched_s - now
+        self.result = in_flight[1]
+        return pipeline.collected_s(launched_s, in_flight[2]) - now
+
     def end_step(self, now: float):
         """Apply the step's tokens; returns the scheduler's TokenEvents."""
+        if self.pipeline is not None:  # the step collected, if any (`_start_async`)
+            done, self.collected = self.collected, None
+            events = self.scheduler.update(done[0], done[1], now) if done is not None else []
+            self.is_busy = False
+            self.num_steps += 1
+            self.busy_s += now - self.step_start_s
+            return events
         plan, result = self.plan, self.result
         assert plan is not None and result is not None
         events = self.scheduler.update(plan, result, now)
@@ -219,4 +280,7 @@ class SimInstance:
         self.scheduler.kv.prefix_cache.emits_events = self.emits_kv_events
         self.is_busy = self.kick_pending = False
         self.plan = self.result = None
+        self.in_flight = self.collected = None
+        if self.pipeline is not None:
+            self.pipeline.device_free_s = 0.0
         self.kv_seq_no = 0

@@ -131,3 +131,37 @@ def test_decode_table_prices_each_measured_batch_as_measured_and_interpolates_be
     assert model.step_time(StepShape(16, 136)) == line.step_time(StepShape(16, 136))
     assert cost_from_dict(model.to_dict()) == model
     assert with_corrections(model, scale=2.0).decode_time(3, 0) == pytest.approx(0.5)
+
+
+def _async_instance(cost: ServedCostModel):
+    from pdserve.config import SchedulerConfig
+    from pdserve.sched.scheduler import Scheduler
+    from pdserve.sim.instance import CostExecutor, SimInstance
+
+    config = SchedulerConfig(max_num_batched_tokens=2048, max_num_seqs=8)
+    return SimInstance(0, "fused-0", lambda: Scheduler(config, 64, 16), CostExecutor(cost))
+
+
+def test_sim_instance_with_a_split_model_runs_steps_as_async_scheduling_does():
+    """One request, 16 prompt tokens, 3 output tokens: the prefill's launch (20 ms) returns
+    with nothing to collect; the next call launches the first decode (0.5 ms) and collects the
+    prefill (its first token); each later call collects the decode before it."""
+    from pdserve.types import Request, SamplingParams
+
+    model = ServedCostModel.of(DEVICE, prefill_floor_s=20e-3, graph_launch_s=5e-4,
+                               pipelined=True)  # fmt: skip
+    inst = _async_instance(model)
+    inst.scheduler.add_request(Request("a", tuple(range(10, 26)), SamplingParams(3), 0.0))
+    assert inst.start_step(0.0) == pytest.approx(20e-3)  # launch only
+    assert inst.end_step(20e-3) == []
+    assert inst.start_step(20e-3) == pytest.approx(5e-4)  # decode 1 launched, prefill out
+    assert [ev.new_token_ids for ev in inst.end_step(20.5e-3)] == [(11,)]
+    decode_1 = 6.5e-3 + 1e-5 + 17 * 5e-8  # on the device from its launch end, 20.5 ms
+    assert inst.start_step(20.5e-3) == pytest.approx(decode_1)  # decode 2 launched meanwhile
+    assert [ev.new_token_ids for ev in inst.end_step(20.5e-3 + decode_1)] == [(11,)]
+    decode_2 = 6.5e-3 + 1e-5 + 18 * 5e-8  # right after decode 1
+    now = 20.5e-3 + decode_1
+    assert inst.start_step(now) == pytest.approx(decode_2)  # nothing left to launch
+    events = inst.end_step(now + decode_2)
+    assert [(ev.new_token_ids, ev.is_finished) for ev in events] == [((11,), True)]
+    assert not inst.scheduler.has_unfinished
