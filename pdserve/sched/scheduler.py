@@ -119,7 +119,7 @@ class Scheduler:
         self.requests[req.request_id] = state
         self._push_waiting(state)
 
-    def finish(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
+    def finish(self, request_id: str, reason: FinishReason | str = FinishReason.ABORT) -> bool:
         """End a request from outside (abort, stop string). Its blocks are freed at once."""
         req = self.requests.get(request_id)
         if req is None:
@@ -127,7 +127,7 @@ class Scheduler:
         self._finish(req, FinishReason(reason))  # a member, also when given its string
         return True
 
-    def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> bool:
+    def abort(self, request_id: str, reason: FinishReason | str = FinishReason.ABORT) -> bool:
         """`finish`, under the name a client that went away calls it by."""
         return self.finish(request_id, reason)
 
