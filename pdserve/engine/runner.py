@@ -15,6 +15,11 @@ from pdserve.model.sampler import Sampler, SeqSampling
 from pdserve.sched.plan import ScheduledSeq, StepPlan, StepResult
 from pdserve.types import Logprob
 
+# An eager step on a GPU pads its rows to a multiple of this: every new row count costs the host
+# ~17 ms more to launch an 8B prefill (the libraries pick kernels per shape; H100, 2026-11-27:
+# 34 ms for lengths 256-768 against 17 ms for multiples of 128, benchmarks/probe_prefill_launch.py).
+EAGER_TOKEN_BUCKET = 128
+
 
 @dataclass(slots=True)
 class StepInputs:
@@ -82,6 +87,7 @@ class ModelRunner:
         pin = self.device.type == "cuda"
         self._host_ids = torch.zeros(2, max_num_seqs, dtype=torch.int64, pin_memory=pin)
         self._flip = 0
+        self.token_bucket = EAGER_TOKEN_BUCKET if pin else 1  # the CPU pays padding in compute
 
     def capture_cuda_graphs(self) -> float:
         """Capture the decode graphs (GPU only); returns the seconds it took."""
@@ -133,17 +139,19 @@ class ModelRunner:
 
     # ---- inputs --------------------------------------------------------------------------
 
-    def prepare(self, plan: StepPlan, pad_to: int = 0) -> StepInputs:
+    def prepare(self, plan: StepPlan, pad_to: int = 0, pad_tokens: int = 0) -> StepInputs:
         """Pack the plan's new tokens (varlen) into device tensors. `pad_to`: add padding seqs
-        of one token each (slot -1, context 1, block 0) up to that many seqs (a graph's size)."""
+        of one token each (slot -1, context 1, block 0) up to that many seqs (a graph's size);
+        `pad_tokens`: add one padding seq of that many tokens (slots -1, blocks 0)."""
         bs = self.block_size
         seqs = plan.seqs
         num_seqs = len(seqs)
-        padded_seqs = max(num_seqs, pad_to)
+        padded_seqs = max(num_seqs, pad_to) + (pad_tokens > 0)
         q_lens = [seq.num_new_tokens for seq in seqs]
         num_tokens = sum(q_lens)
-        padded_tokens = num_tokens + padded_seqs - num_seqs
+        padded_tokens = num_tokens + max(num_seqs, pad_to) - num_seqs + pad_tokens
         width = max(-(-seq.context_len // bs) for seq in seqs)
+        width = max(width, -(-pad_tokens // bs))
         host = self.buffers.host(padded_tokens, padded_seqs, width)
         ids: list[int] = []
         begins, seq_lens = [], []
@@ -194,7 +202,15 @@ class ModelRunner:
         if num_pending:
             host.pending_dst[:num_pending] = pending_dst
             host.pending_src[:num_pending] = pending_src
-        if padded_seqs > num_seqs:
+        if pad_tokens:
+            pad = slice(num_tokens, padded_tokens)
+            host.input_ids[pad] = 0
+            host.positions[pad] = np.arange(pad_tokens)
+            host.slot_mapping[pad] = -1
+            host.seq_lens[num_seqs] = pad_tokens
+            qsl[num_seqs + 1] = padded_tokens
+            bt[num_seqs, : -(-pad_tokens // bs)] = 0
+        elif padded_seqs > num_seqs:
             pad = slice(num_tokens, padded_tokens)
             host.input_ids[pad] = 0
             host.positions[pad] = 0
@@ -212,8 +228,8 @@ class ModelRunner:
             query_start_loc=dev.query_start_loc,
             seq_lens=dev.seq_lens,
             block_tables=dev.block_tables,
-            max_query_len=max(q_lens),
-            max_seq_len=max(seq_lens),
+            max_query_len=max(max(q_lens), pad_tokens),
+            max_seq_len=max(max(seq_lens), pad_tokens),
             query_start_loc_cpu=query_start_loc_cpu,
             seq_lens_cpu=host.seq_lens[:padded_seqs].tolist(),
         )
@@ -309,7 +325,10 @@ class ModelRunner:
             return None, None, None
         self.timer.start(len(plan.seqs))
         graph_size = self._graph_size(plan)
-        inputs = self.prepare(plan, pad_to=graph_size or 0)
+        if graph_size:
+            inputs = self.prepare(plan, pad_to=graph_size)
+        else:
+            inputs = self.prepare(plan, pad_tokens=self._bucket_pad(plan))
         self.timer.prepared(graph_size)
         hidden = logits = None
         if graph_size:
@@ -321,6 +340,15 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden[inputs.sample_index])
         self.timer.launched()
         return inputs, logits, hidden
+
+    def _bucket_pad(self, plan: StepPlan) -> int:
+        """Padding tokens that make an eager step's rows a multiple of `token_bucket` (none
+        where the staging buffers would have to grow)."""
+        bucket, buffers = self.token_bucket, self.buffers
+        if bucket <= 1 or len(plan.seqs) >= buffers.max_num_seqs:
+            return 0
+        num_tokens = plan.num_batched_tokens
+        return min(-num_tokens % bucket, buffers.max_num_tokens - num_tokens)
 
     def _graph_size(self, plan: StepPlan) -> int | None:
         """The captured batch size that runs this plan, or None to run it eagerly."""

@@ -29,9 +29,9 @@ def count_pending_feeds(llm) -> list[int]:
     prepare = runner.prepare
     fed = [0]
 
-    def counting_prepare(plan, pad_to=0):
+    def counting_prepare(plan, pad_to=0, pad_tokens=0):
         fed[0] += sum(1 for s in plan.seqs if s.num_computed_tokens >= len(s.request.token_ids))
-        return prepare(plan, pad_to)
+        return prepare(plan, pad_to, pad_tokens)
 
     runner.prepare = counting_prepare
     return fed
@@ -168,3 +168,30 @@ def test_kernel_warm_up_writes_no_kv_and_leaves_outputs_unchanged(make_llm):
     llm.core.executor.warm_up_kernels(max_model_len=300)
     assert torch.equal(llm.core.executor.kv_cache, kv)
     assert token_ids(llm, ps, params) == before
+
+
+def test_eager_steps_padded_to_a_token_bucket_give_the_same_tokens(make_llm):
+    """A GPU pads each eager step's rows to a multiple of `token_bucket` (one padding seq whose
+    slots are -1): the same greedy tokens as unpadded steps, with prefill chunks, prefix hits
+    and decode batches; every padded step really is a multiple of the bucket."""
+    ps = prompts(10, seed=3)
+    ps += [ps[0] + [17, 18, 19] * 10]  # a prefix hit on ps[0]'s blocks
+    params = SamplingParams(max_tokens=12, ignore_eos=True, temperature=0.0)
+    plain = make_llm(MODEL, max_num_batched_tokens=64, block_size=4)
+    padded = make_llm(MODEL, max_num_batched_tokens=64, block_size=4)
+    runner = padded.core.executor
+    runner.token_bucket = 16
+    prepare, rows = runner.prepare, []
+
+    def recording_prepare(plan, pad_to=0, pad_tokens=0):
+        inputs = prepare(plan, pad_to, pad_tokens)
+        rows.append((plan.num_batched_tokens, pad_tokens, inputs.input_ids.shape[0]))
+        return inputs
+
+    runner.prepare = recording_prepare
+    assert token_ids(padded, ps, params) == token_ids(plain, ps, params)
+    assert any(pad for _, pad, _ in rows)
+    for num_tokens, pad, num_rows in rows:
+        assert num_rows == num_tokens + pad
+        assert num_rows % 16 == 0 or num_rows == 64  # capped at the staging buffers
+    assert padded.core.scheduler.stats.prefix_hits > 0
