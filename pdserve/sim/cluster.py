@@ -426,7 +426,6 @@ class SimCluster:
                 if state.stage == "decode" and self._handoffs:
                     handoff = self._handoffs.get(state.bench.request_id)
                     if handoff is not None and handoff.skip_first:  # the first token, again
-                        handoff.skip_first = False
                         del self._handoffs[state.bench.request_id]
                         if event.finish_reason is not None:
                             self._finish(state, now)
