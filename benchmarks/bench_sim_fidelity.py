@@ -531,6 +531,15 @@ def real_interval(real_requests: list, metric: str, stat: str, level: float = 0.
     return (percentile(stats, 100 * lo), percentile(stats, 100 * (1 - lo)))
 
 
+def read_record(path: Path) -> dict:
+    """A recorded run's JSON; `.json.gz` too (a GPU run's step trace makes it megabytes)."""
+    if path.suffix == ".gz":
+        import gzip
+
+        return json.loads(gzip.decompress(path.read_bytes()))
+    return json.loads(path.read_text())
+
+
 def resimulate(
     path: Path,
     fit: str = "served",
@@ -556,7 +565,7 @@ def resimulate(
     from pdserve.cluster.cost_model import StepCostModel, StepShape
     from pdserve.sim.profiles import Profile, ServedCostModel, cost_from_dict
 
-    rec = json.loads(path.read_text())
+    rec = read_record(path)
     args = _argparse.Namespace(**rec["args"])
     profile_dict = rec.get("profile_data") or json.loads(
         (path.parent / Path(rec["profile"]).name).read_text())  # fmt: skip
@@ -617,7 +626,8 @@ def resimulate(
             print_breakdown(new, profile)
         points.append(new)
     suffix = ("-table" if decode_table else "") + (f"-jitter{jitter_runs}" if jitter_runs else "")
-    out = path.with_name(path.stem + f"-resim-{fit}-{calibration_kind}{suffix}.json")
+    stem = path.name.removesuffix(".gz").removesuffix(".json")
+    out = path.with_name(stem + f"-resim-{fit}-{calibration_kind}{suffix}.json")
     # The real run's traces stay in the record it names (`resimulated_from`).
     traces = ("real_trace", "calibration_real")
     points = [{k: v for k, v in point.items() if k not in traces} for point in points]
