@@ -2,6 +2,7 @@
 # Single-GPU device calls (the device tool's nvidia-h100-x1), each under 10 minutes:
 #     PART=tests OUT=<dir> bash benchmarks/gpu_session_x1.sh   # every GPU test
 #     PART=bench OUT=<dir> bash benchmarks/gpu_session_x1.sh   # kernels, W1 + HF, fidelity
+#     PART=fidelity OUT=<dir> bash benchmarks/gpu_session_x1.sh   # launch probe, fidelity (100/rate)
 # Everything comes back as $OUT/<part>.tgz. Run from the repository root with PYTHONPATH set.
 set -u
 R=$(mktemp -d)
@@ -23,5 +24,17 @@ case "${PART:-tests}" in
       --context-lens 128,512,1024 --prefill-lens 16,64,128,256,512,1024 --max-model-len 4096 \
       --result-dir "$R" > "$R"/fidelity.log 2>&1; stamp "fidelity rc=$?"
     tail -30 "$R"/bench_gpu.log ;;
+  fidelity)  # the eager prefill launch probe, then the traced fidelity run (100 prompts a rate)
+    timeout 120 python3 benchmarks/probe_prefill_launch.py --model dummy:llama-3.1-8b \
+      --prompt-len 512 --range-ratio 0.5 --num 40 --threads 16 > "$R"/probe.log 2>&1
+    stamp "probe rc=$?"; tail -4 "$R"/probe.log
+    LABEL=cuda-llama-3.1-8b-x1-$(git rev-parse --short HEAD 2>/dev/null || echo tree)
+    timeout 420 python3 benchmarks/bench_sim_fidelity.py --device cuda \
+      --model dummy:llama-3.1-8b --rates 2,8,16 --num-prompts 100 --input-len 512 \
+      --output-len 128 --vocab-size 32000 --batch-sizes 1,2,4,8,16,32,64 \
+      --context-lens 128,512,1024 --prefill-lens 16,64,128,256,512,1024 --max-model-len 4096 \
+      --calibration-requests 20 --label "${LABEL_OVERRIDE:-$LABEL}" --result-dir "$R" \
+      > "$R"/fidelity.log 2>&1; stamp "fidelity rc=$?"
+    grep -A12 '^rate\|^overheads' "$R"/fidelity.log | grep -v '^ *real steps' | head -60 ;;
 esac
 tar -czf "$OUT/${PART:-tests}.tgz" -C "$R" .

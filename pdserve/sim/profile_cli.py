@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-lens", type=_ints, default=[64, 512])
     p.add_argument("--decode-steps", type=int, default=4, help="timed decode steps per point")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warmup-passes", type=int, default=1,
+                   help="untimed passes over the grid first: a served engine runs warm shapes")
     p.add_argument(
         "--mixed-prefill-len",
         type=int,
@@ -76,13 +78,17 @@ def main(args: argparse.Namespace) -> int:
         core.add_request(Request(rid, prompt, SamplingParams(max_tokens, ignore_eos=True)))
         return rid
 
+    timing = False
+
     def timed_step() -> StepShape:
         sync()
         t = time.perf_counter()
         core.step()
         sync()
-        samples.append((shape_of(core.last_plan), time.perf_counter() - t))
-        return samples[-1][0]
+        shape = shape_of(core.last_plan)
+        if timing:
+            samples.append((shape, time.perf_counter() - t))
+        return shape
 
     lens = sorted(args.prefill_lens)
     mixed_len = args.mixed_prefill_len or lens[len(lens) // 2]
@@ -93,10 +99,12 @@ def main(args: argparse.Namespace) -> int:
     # GPU: the runner's step timer splits each timed step into host work (prepare + launch)
     # and the device's span (CUDA events, read after the run): what a pipelined server overlaps.
     timer = getattr(core.executor, "timer", None) if engine.device.type == "cuda" else None
-    if timer is not None:
-        timer.reset()
-        timer.enabled = True
-    for _ in range(args.repeats):
+    for rep in range(args.warmup_passes + args.repeats):
+        if rep == args.warmup_passes:  # the shapes seen once: cuBLAS and Triton warm
+            timing = True
+            if timer is not None:
+                timer.reset()
+                timer.enabled = True
         for prompt_len in args.prefill_lens:
             rid = submit(prompt_len, 1)
             while core.has_unfinished:
