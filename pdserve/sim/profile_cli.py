@@ -112,7 +112,10 @@ def main(args: argparse.Namespace) -> int:
             del rid
         for ctx in args.context_lens:
             for batch in args.batch_sizes:
-                rids = [submit(ctx, args.decode_steps + 1) for _ in range(batch)]
+                # Long enough to outlive the batch's own prefill (the first prompts decode in
+                # mixed steps beside the later ones), then `decode_steps` decode-only steps.
+                fill_steps = -(-batch * ctx // args.max_num_batched_tokens)
+                rids = [submit(ctx, args.decode_steps + 1 + fill_steps) for _ in range(batch)]
                 joined = False
                 while core.has_unfinished:
                     shape = timed_step()
