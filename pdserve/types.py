@@ -5,13 +5,23 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from types import FunctionType
 
 
 def fast_init(cls):
     """Give a frozen dataclass a faster `__init__` with the same contract (parameters, defaults,
     default factories, frozen instances). The generated one looks `object.__setattr__` up once per
     field; this one binds it once, which halves the cost of building the messages made per step
-    or per request (TokenEvent, InstanceSnapshot, Request). Apply it above `@dataclass`."""
+    or per request (TokenEvent, InstanceSnapshot, Request). Apply it above `@dataclass`, or call
+    it on the class after its definition (`fast_init(Cls)`).
+
+    A class compiled by mypyc (benchmarks/build_sim_fast.py) is left as it is: its own
+    `__init__`, written out with `init=False`, stores the fields straight into the instance
+    (~10x faster than either), while Python code still cannot assign them. Written-out
+    `__init__`s exist for that build only: in pure Python a frozen instance refuses their
+    stores, so this replaces them (same parameters and defaults: tests/sim/test_sim_fast.py)."""
+    if not isinstance(cls.__dict__.get("__init__"), FunctionType):
+        return cls  # compiled: a native __init__
     params, body, env = [], [], {"_set": object.__setattr__, "_MISSING": MISSING}
     for f in fields(cls):
         if f.default is not MISSING:
@@ -108,8 +118,7 @@ class KVRole(enum.StrEnum):
     RECEIVE = "receive"  # decode instance: reserve blocks, wait for the KV, then decode
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Request:
     """One generation request as it enters an instance: token ids in, sampling params."""
 
@@ -123,6 +132,31 @@ class Request:
     # Chained hashes of the prompt's full blocks (pdserve.hashing) at the instance's block size,
     # when the sender (a router) already computed them; empty: the instance hashes the prompt.
     block_hashes: tuple[int, ...] = ()
+
+    # The mypyc build's __init__ (see `fast_init`, which replaces it in pure Python); `sampling`
+    # None is the factory's fresh SamplingParams().
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: tuple[int, ...],
+        sampling: SamplingParams | None = None,
+        arrival_s: float = 0.0,
+        priority: int = 0,
+        eos_token_ids: tuple[int, ...] = (),
+        kv_role: KVRole | None = None,
+        block_hashes: tuple[int, ...] = (),
+    ) -> None:
+        self.request_id = request_id  # type: ignore[misc]
+        self.prompt_token_ids = prompt_token_ids  # type: ignore[misc]
+        self.sampling = SamplingParams() if sampling is None else sampling  # type: ignore[misc]
+        self.arrival_s = arrival_s  # type: ignore[misc]
+        self.priority = priority  # type: ignore[misc]
+        self.eos_token_ids = eos_token_ids  # type: ignore[misc]
+        self.kv_role = kv_role  # type: ignore[misc]
+        self.block_hashes = block_hashes  # type: ignore[misc]
+
+
+fast_init(Request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +179,7 @@ class Logprob:
     top: tuple[tuple[int, float], ...] = ()  # (token_id, logprob), most likely first
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class TokenEvent:
     """New output of one request after one engine step. `finish_reason` set on the last event."""
 
@@ -159,13 +192,35 @@ class TokenEvent:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     error: str | None = None
 
+    def __init__(  # the mypyc build's (see `fast_init`, which replaces it in pure Python)
+        self,
+        request_id: str,
+        new_token_ids: tuple[int, ...],
+        finish_reason: FinishReason | None = None,
+        logprobs: tuple[Logprob, ...] = (),
+        prompt_logprobs: tuple[Logprob | None, ...] | None = None,
+        num_prompt_tokens: int = 0,
+        num_cached_tokens: int = 0,
+        error: str | None = None,
+    ) -> None:
+        self.request_id = request_id  # type: ignore[misc]
+        self.new_token_ids = new_token_ids  # type: ignore[misc]
+        self.finish_reason = finish_reason  # type: ignore[misc]
+        self.logprobs = logprobs  # type: ignore[misc]
+        self.prompt_logprobs = prompt_logprobs  # type: ignore[misc]
+        self.num_prompt_tokens = num_prompt_tokens  # type: ignore[misc]
+        self.num_cached_tokens = num_cached_tokens  # type: ignore[misc]
+        self.error = error  # type: ignore[misc]
+
     @property
     def is_finished(self) -> bool:
         return self.finish_reason is not None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
+fast_init(TokenEvent)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class InstanceSnapshot:
     """What an instance reports about itself; the routing policies' only view of it."""
 
@@ -190,11 +245,50 @@ class InstanceSnapshot:
     # step-time model in the routing policies ("": unknown, one kind).
     kind: str = ""
 
+    def __init__(  # the mypyc build's (see `fast_init`, which replaces it in pure Python)
+        self,
+        instance_id: str,
+        num_waiting: int = 0,
+        num_running: int = 0,
+        num_waiting_tokens: int = 0,
+        num_running_tokens: int = 0,
+        num_free_blocks: int = 0,
+        num_cached_blocks: int = 0,
+        num_total_blocks: int = 0,
+        block_size: int = 16,
+        step_time_s: float = 0.0,
+        step_tokens: int = 0,
+        num_steps: int = 0,
+        role: str = "fused",
+        incarnation: str = "",
+        now_s: float = 0.0,
+        kind: str = "",
+    ) -> None:
+        self.instance_id = instance_id  # type: ignore[misc]
+        self.num_waiting = num_waiting  # type: ignore[misc]
+        self.num_running = num_running  # type: ignore[misc]
+        self.num_waiting_tokens = num_waiting_tokens  # type: ignore[misc]
+        self.num_running_tokens = num_running_tokens  # type: ignore[misc]
+        self.num_free_blocks = num_free_blocks  # type: ignore[misc]
+        self.num_cached_blocks = num_cached_blocks  # type: ignore[misc]
+        self.num_total_blocks = num_total_blocks  # type: ignore[misc]
+        self.block_size = block_size  # type: ignore[misc]
+        self.step_time_s = step_time_s  # type: ignore[misc]
+        self.step_tokens = step_tokens  # type: ignore[misc]
+        self.num_steps = num_steps  # type: ignore[misc]
+        self.role = role  # type: ignore[misc]
+        self.incarnation = incarnation  # type: ignore[misc]
+        self.now_s = now_s  # type: ignore[misc]
+        self.kind = kind  # type: ignore[misc]
+
     @property
     def kv_usage(self) -> float:
         if self.num_total_blocks == 0:
             return 0.0
         return 1.0 - self.num_free_blocks / self.num_total_blocks
+
+
+fast_init(InstanceSnapshot)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from operator import attrgetter
-from typing import Protocol
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from pdserve.cluster.cost_model import OnlineStepModel, StepCostModel
 from pdserve.types import InstanceSnapshot, Request, fast_init
 
 
-@fast_init  # one per routed request
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RouteDecision:
     """Where a request goes. `decode_instance_id` is set only for a (prefill, decode) pair."""
 
@@ -29,6 +27,23 @@ class RouteDecision:
     matched_blocks: int = 0  # leading prompt blocks already cached on `instance_id`
     reason: str = ""
     decode_instance_id: str | None = None
+
+    def __init__(  # the mypyc build's (`types.fast_init` replaces it in pure Python)
+        self,
+        instance_id: str,
+        est_ttft_s: float = math.nan,
+        matched_blocks: int = 0,
+        reason: str = "",
+        decode_instance_id: str | None = None,
+    ) -> None:
+        self.instance_id = instance_id  # type: ignore[misc]
+        self.est_ttft_s = est_ttft_s  # type: ignore[misc]
+        self.matched_blocks = matched_blocks  # type: ignore[misc]
+        self.reason = reason  # type: ignore[misc]
+        self.decode_instance_id = decode_instance_id  # type: ignore[misc]
+
+
+fast_init(RouteDecision)  # one per routed request
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +60,9 @@ DEFAULT_PRIOR = StepCostModel(0.01, 2e-5, 0.0, 1e-4, 1e-8)
 
 
 class RoutingPolicy(Protocol):
-    name: str
-    needs_prefix: bool  # whether the caller must look the prompt up in the prefix index
+    # Class attributes (ClassVar: the mypyc build keeps them readable on the class, for POLICIES)
+    name: ClassVar[str]
+    needs_prefix: ClassVar[bool]  # whether the caller must look the prompt up in the prefix index
 
     def route(
         self,
@@ -68,26 +84,63 @@ def add_pending(snap: InstanceSnapshot, num_tokens: int) -> InstanceSnapshot:
     """The snapshot as it will look once a request routed after it is queued: callers whose
     snapshots lag (published per step) add each routed request so a burst does not all land on
     the instance that looked idlest."""
-    # `replace`, as a positional copy (replace walks fields() and builds kwargs: ~3x slower)
-    values = list(_snapshot_values(snap))
-    values[_WAITING] += 1
-    values[_WAITING_TOKENS] += num_tokens
-    return InstanceSnapshot(*values)
+    # `replace`, as a positional copy of every field in order (replace walks fields() and
+    # builds kwargs: ~3x slower); tests/cluster/test_policies_compiled.py checks the copy.
+    return InstanceSnapshot(
+        snap.instance_id,
+        snap.num_waiting + 1,
+        snap.num_running,
+        snap.num_waiting_tokens + num_tokens,
+        snap.num_running_tokens,
+        snap.num_free_blocks,
+        snap.num_cached_blocks,
+        snap.num_total_blocks,
+        snap.block_size,
+        snap.step_time_s,
+        snap.step_tokens,
+        snap.num_steps,
+        snap.role,
+        snap.incarnation,
+        snap.now_s,
+        snap.kind,
+    )
 
 
-_SNAPSHOT_FIELDS = tuple(f.name for f in fields(InstanceSnapshot))
-_snapshot_values = attrgetter(*_SNAPSHOT_FIELDS)
-_WAITING = _SNAPSHOT_FIELDS.index("num_waiting")
-_WAITING_TOKENS = _SNAPSHOT_FIELDS.index("num_waiting_tokens")
+def _load_score(snap: InstanceSnapshot, budget: int) -> float:
+    # One step's budget of queued tokens weighs as much as a full KV cache.
+    return load_tokens(snap) / budget + snap.kv_usage
 
 
 def _least_loaded(instances: Sequence[InstanceSnapshot], budget: int) -> InstanceSnapshot:
-    # One step's budget of queued tokens weighs as much as a full KV cache.
-    return min(instances, key=lambda s: load_tokens(s) / budget + s.kv_usage)
+    return min(instances, key=lambda s: _load_score(s, budget))
+
+
+def sample_two(rng: random.Random, n: int) -> tuple[int, int]:
+    """`rng.sample(range(n), 2)` (n >= 2) drawn the same way, from the same `getrandbits` calls,
+    without its generic machinery (about 10x its cost per routed request): CPython's `sample`
+    takes `_randbelow(n)` by rejection from `n.bit_length()` random bits, then for n <= 21 the
+    second from a pool without the first (index n - 1 moved into its place), else a redraw
+    until it differs. tests/cluster/test_policies_compiled.py checks it against `rng.sample`."""
+    k = n.bit_length()
+    getrandbits = rng.getrandbits
+    first = getrandbits(k)
+    while first >= n:
+        first = getrandbits(k)
+    if n <= 21:  # sample's pool path: draw below n - 1 from the pool with `first` replaced
+        k = (n - 1).bit_length()
+        second = getrandbits(k)
+        while second >= n - 1:
+            second = getrandbits(k)
+        return first, (n - 1 if second == first else second)
+    second = getrandbits(k)
+    while second >= n or second == first:
+        second = getrandbits(k)
+    return first, second
 
 
 class RoundRobin:
-    name, needs_prefix = "round_robin", False
+    name: ClassVar[str] = "round_robin"
+    needs_prefix: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self._next = 0
@@ -100,7 +153,8 @@ class RoundRobin:
 
 
 class LeastLoad:
-    name, needs_prefix = "least_load", False
+    name: ClassVar[str] = "least_load"
+    needs_prefix: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
@@ -118,15 +172,30 @@ class PowerOfTwo:
     """Two instances drawn at random, the less loaded wins: near least-load balance while
     reading two snapshots, and no herd on the one idlest instance."""
 
-    name, needs_prefix = "power_of_two", False
+    name: ClassVar[str] = "power_of_two"
+    needs_prefix: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
         self._rng = random.Random(config.seed)
 
-    def route(self, req, instances, now, matched={}):  # noqa: B006
-        pair = self._rng.sample(range(len(instances)), 2) if len(instances) > 1 else [0]
-        snap = _least_loaded([instances[i] for i in sorted(pair)], self.config.max_batched_tokens)
+    def route(
+        self,
+        req: Request,
+        instances: Sequence[InstanceSnapshot],
+        now: float,
+        matched: Mapping[str, int] = {},  # noqa: B006 (read-only)
+    ) -> RouteDecision:
+        if len(instances) > 1:
+            i, j = sample_two(self._rng, len(instances))
+            if j < i:
+                i, j = j, i
+            budget = self.config.max_batched_tokens
+            snap, other = instances[i], instances[j]  # read in fleet order
+            if _load_score(other, budget) < _load_score(snap, budget):  # a tie: the first
+                snap = other
+        else:
+            snap = instances[0]
         return RouteDecision(snap.instance_id, matched_blocks=matched.get(snap.instance_id, 0),
                              reason="power of two")  # fmt: skip
 
@@ -192,7 +261,8 @@ class Prefix:
     longest. A prefix nobody holds (or none under the cap) goes to the instance owning the
     fewest prefixes among those within one step's budget of the least load."""
 
-    name, needs_prefix = "prefix", True
+    name: ClassVar[str] = "prefix"
+    needs_prefix: ClassVar[bool] = True
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
@@ -248,15 +318,17 @@ class Ttft:
     instances estimated within `load_slack` of the best, to the one owning the fewest prefixes
     (`PrefixOwners`): the first request of a new prefix brings its stream."""
 
-    name, needs_prefix = "ttft", True
+    name: ClassVar[str] = "ttft"
+    needs_prefix: ClassVar[bool] = True
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         self.config = config
         self.owners = PrefixOwners()
         self._models: dict[tuple[str, str], OnlineStepModel] = {}  # (role, kind) -> model
-        # instance_id -> (step_tokens, step_time_s) of the last step learned from: heartbeats
-        # repeat the last step while an instance idles, and a repeat is not a new measurement.
-        self._seen: dict[str, tuple[int, float]] = {}
+        # instance_id -> num_steps (or (step_tokens, step_time_s) without one) of the last step
+        # learned from: heartbeats repeat the last step while an instance idles, and a repeat
+        # is not a new measurement.
+        self._seen: dict[str, int | tuple[int, float]] = {}
         # instance_id -> _SnapTerms of the last snapshot routed over: callers that pass the same
         # (frozen) snapshot object again, as the controller does for an instance whose state
         # did not change, skip observing it and recomputing its queue terms.

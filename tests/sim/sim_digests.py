@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
 import bench_sim_scale  # noqa: E402
 
+from pdserve import hashing  # noqa: E402
 from pdserve.bench.arrivals import with_arrivals  # noqa: E402
 from pdserve.bench.workload import (  # noqa: E402
     multi_turn_workload,
@@ -192,6 +194,33 @@ def sched_scenarios() -> dict:
     } | {"sched-unchunked": lambda: mixed("fcfs", 1, chunked=False)}
 
 
+def hash_scenarios() -> dict:
+    """Block hashes (`pdserve.hashing`: hashlib in pure Python, `blake2b64`'s word arithmetic in
+    the mypyc build) of seeded random prompts: lengths 0-300, block sizes 1-32, a start offset,
+    parents and token ids up to the 64-bit limits, tuples and lists, one block at a time too."""
+
+    def block_hashes() -> str:
+        rng = random.Random(7)
+        out = []
+        for k in range(300):
+            block_size = rng.choice((1, 2, 4, 15, 16, 17, 32))
+            high = rng.choice((100, 50_000, 2**31, 2**63 - 1))
+            tokens = [rng.randrange(-1 if high < 2**63 - 1 else -(2**63), high)
+                      for _ in range(rng.randrange(301))]  # fmt: skip
+            parent = rng.choice((hashing.NONE_HASH, rng.getrandbits(64), 2**64 - 1))
+            start = block_size * rng.randrange(3) if k % 2 else 0
+            seq = tuple(tokens) if k % 3 else tokens
+            hashes = hashing.hash_blocks(seq, block_size, parent, start)
+            one_by_one, chain = [], parent
+            for begin in range(start, len(tokens) - block_size + 1, block_size):
+                chain = hashing.hash_block(chain, tokens[begin : begin + block_size])
+                one_by_one.append(chain)
+            out.append((hashes, hashes == one_by_one))
+        return _digest(out)
+
+    return {"block-hashes": block_hashes}
+
+
 def scale_digest(num_requests: int) -> dict:
     elapsed, cpu, result, ok, tokens = bench_sim_scale.run_timed(num_requests, 64, "power_of_two",
                                                                  4, 64 * 150.0)  # fmt: skip
@@ -221,7 +250,8 @@ def main() -> None:
     if args.scale:
         out["scale"] = scale_digest(args.scale)
     else:
-        for name, scenario in (sim_scenarios() | sched_scenarios()).items():
+        out["native_hashing"] = hashing._NATIVE
+        for name, scenario in (sim_scenarios() | sched_scenarios() | hash_scenarios()).items():
             out[name] = scenario()
     print(json.dumps(out))
 

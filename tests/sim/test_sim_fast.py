@@ -35,5 +35,12 @@ def test_compiled_scenarios_give_the_digests_of_the_pure_source(compiled):
     assert compiled["build"] == "mypyc"
     pure = {name: scenario() for name, scenario in sim_digests.sim_scenarios().items()}
     pure |= {name: scenario() for name, scenario in sim_digests.sched_scenarios().items()}
-    assert {k: v for k, v in compiled.items() if k != "build"} == pure
-    assert len(pure) == 20
+    pure |= {name: scenario() for name, scenario in sim_digests.hash_scenarios().items()}
+    assert {k: v for k, v in compiled.items() if k not in ("build", "native_hashing")} == pure
+    assert len(pure) == 21
+
+
+def test_the_compiled_build_hashes_blocks_natively_and_pure_python_with_hashlib(compiled):
+    # The digests above then prove blake2b64 gives hashlib's block hashes ("block-hashes").
+    assert compiled["native_hashing"] is True
+    assert sim_digests.hashing._NATIVE is False
