@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pdserve.sched.block_pool import Block, BlockPool
+from pdserve.sched.block_pool import BlockPool
 from pdserve.sched.prefix_cache import PrefixCache
 from pdserve.sched.request import SchedRequest
 
@@ -22,7 +22,8 @@ class KVManager:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
         self.prefix_cache = PrefixCache(self.pool, block_size, enable_prefix_caching)
-        self._blocks: dict[str, list[Block]] = {}
+        # request id -> its block table: the request's own `block_ids` list (not a copy)
+        self._blocks: dict[str, list[int]] = {}
         self._num_published: dict[str, int] = {}  # full blocks of the request in the prefix cache
 
     @property
@@ -36,16 +37,16 @@ class KVManager:
     def max_tokens_fit(self) -> int:
         return self.pool.num_blocks * self.block_size
 
-    def match_prefix(self, req: SchedRequest) -> list[Block]:
-        """Cached blocks of the longest prefix of `req`, leaving at least one token to compute
+    def match_prefix(self, req: SchedRequest) -> list[int]:
+        """Cached block ids of the longest prefix of `req`, leaving at least one token to compute
         (its logits are needed to sample). Prompt-logprob requests compute every token."""
         if req.sampling.prompt_logprobs is not None:
             return []
-        max_blocks = (req.num_tokens - 1) // self.block_size
-        return self.prefix_cache.match(req.block_hashes[:max_blocks])
+        max_blocks = (len(req.token_ids) - 1) // self.block_size
+        return self.prefix_cache.match(req.block_hashes, max_blocks)
 
     def allocate_slots(
-        self, req: SchedRequest, num_new_tokens: int, hit_blocks: Sequence[Block] = ()
+        self, req: SchedRequest, num_new_tokens: int, hit_blocks: Sequence[int] = ()
     ) -> bool:
         """Make room for `num_new_tokens` more tokens after `req.num_computed_tokens` (plus the
         prefix hit `hit_blocks`, taken by a request that holds no blocks yet)."""
@@ -60,23 +61,26 @@ class KVManager:
                 return False
             new_blocks = self.pool.allocate(num_needed)
             if held is None:
-                held = self._blocks[req.request_id] = []
+                held = self._blocks[req.request_id] = req.block_ids
             held.extend(new_blocks)
-            req.block_ids.extend([b.block_id for b in new_blocks])
             return True
         num_computed = req.num_computed_tokens + len(hit_blocks) * block_size
         num_held = len(held) if held is not None else 0
         num_needed = cdiv(num_computed + num_new_tokens, block_size) - num_held - len(hit_blocks)
         # Hit blocks nobody uses sit in the free queue: reviving them takes from the same supply.
-        num_revived = sum(1 for b in hit_blocks if b.ref_cnt == 0)
+        ref_cnts = self.pool.ref_cnts
+        num_revived = 0
+        for block_id in hit_blocks:
+            if ref_cnts[block_id] == 0:
+                num_revived += 1
         if num_needed > self.pool.num_free_blocks - num_revived:
             return False
         self.pool.touch(hit_blocks)
         new_blocks = self.pool.allocate(max(num_needed, 0))
-        blocks = self._blocks.setdefault(req.request_id, [])
-        blocks.extend(hit_blocks)
-        blocks.extend(new_blocks)
-        req.block_ids.extend(b.block_id for b in (*hit_blocks, *new_blocks))
+        if held is None:
+            held = self._blocks[req.request_id] = req.block_ids
+        held.extend(hit_blocks)
+        held.extend(new_blocks)
         self._num_published[req.request_id] = len(hit_blocks)
         return True
 
@@ -89,16 +93,16 @@ class KVManager:
         start = self._num_published.get(req.request_id, 0)
         if end <= start:
             return  # most steps: no block filled up
-        blocks = self._blocks.get(req.request_id)
-        if not blocks:
+        if not req.block_ids:
             return
-        self.prefix_cache.insert_run(blocks, req.block_hashes, start, end)
+        self.prefix_cache.insert_run(req.block_ids, req.block_hashes, start, end)
         self._num_published[req.request_id] = end
 
     def free(self, req: SchedRequest) -> None:
-        blocks = self._blocks.pop(req.request_id, [])
+        blocks = self._blocks.pop(req.request_id, None)
         self._num_published.pop(req.request_id, None)
-        self.pool.free(reversed(blocks))
+        if blocks is not None:
+            self.pool.free(blocks, tail_first=True)
         req.block_ids.clear()
 
     def num_blocks_held(self, request_id: str) -> int:
@@ -107,11 +111,12 @@ class KVManager:
     def check_integrity(self) -> None:
         self.pool.check_integrity()
         self.prefix_cache.check_integrity()
-        refs = [0] * self.pool.num_blocks
+        ref_cnts = self.pool.ref_cnts
+        refs = [0] * len(ref_cnts)  # holders per block id
         for blocks in self._blocks.values():
-            for block in blocks:
-                refs[block.block_id] += 1
-        for block in self.pool.blocks:
-            assert refs[block.block_id] == block.ref_cnt, (
-                f"block {block.block_id}: {refs[block.block_id]} holders, ref count {block.ref_cnt}"
+            for block_id in blocks:
+                refs[block_id] += 1
+        for block_id, ref_cnt in enumerate(ref_cnts):
+            assert refs[block_id] == ref_cnt, (
+                f"block {block_id}: {refs[block_id]} holders, ref count {ref_cnt}"
             )

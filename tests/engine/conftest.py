@@ -19,7 +19,7 @@ def check_after_each_step(llm: LLM) -> None:
 def assert_all_blocks_released(llm: LLM) -> None:
     pool = llm.core.scheduler.kv.pool
     assert not llm.core.has_unfinished
-    assert all(b.ref_cnt == 0 for b in pool.blocks)
+    assert all(r == 0 for r in pool.ref_cnts)
     assert pool.num_free_blocks == pool.num_blocks
 
 

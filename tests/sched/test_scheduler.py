@@ -38,7 +38,7 @@ def run(sched: Scheduler, ex: FakeExecutor, requests, max_steps=10_000):
         sched.check_integrity()
     assert not sched.has_unfinished
     pool = sched.kv.pool
-    assert all(b.ref_cnt == 0 for b in pool.blocks), "blocks still held after every request ended"
+    assert all(r == 0 for r in pool.ref_cnts), "blocks still held after every request ended"
     assert pool.num_free_blocks == pool.num_blocks
     return outputs, reasons
 
