@@ -12,10 +12,11 @@ with sequence-steps (report both).
     python benchmarks/bench_sim_scale.py --sched-only   # host time per step, 256 decode seqs
     python benchmarks/bench_sim_scale.py --build compiled   # the mypyc build of the hot modules
 
-`--build compiled` runs the same source with the scheduler, block hashing and the simulator's
-loop compiled by mypyc (benchmarks/build_sim_fast.py: built into build/simfast/ when missing or
-stale, then this script runs again with it first on PYTHONPATH). The output names the build
-that ran (`pure` or `mypyc`, read from where `pdserve.sched.scheduler` was loaded).
+`--build compiled` runs the same source with the scheduler, block hashing, the messages, the
+routing policies and the simulator's loop compiled by mypyc (benchmarks/build_sim_fast.py:
+built into build/simfast/ when missing or stale, then this script runs again with it first on
+PYTHONPATH). The output names the build that ran (`pure` or `mypyc`, read from where
+`pdserve.sched.scheduler` was loaded).
 
 Timings on a shared box are noisy: the script reports wall and CPU (process) time.
 """

@@ -16,7 +16,7 @@ import bench_sim_scale  # noqa: E402
 import sim_digests  # noqa: E402
 
 NUM_REQUESTS = 100_000
-BOUND_S = 120.0  # CPU s; measured ~20 s pure, ~15 s compiled on the shared 2-core box (2026-11-27)
+BOUND_S = 120.0  # CPU s; measured ~20 s pure, ~7.5 s compiled on the shared 2-core box (2026-11-28)
 
 
 @pytest.fixture(scope="module")
