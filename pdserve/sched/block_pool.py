@@ -24,8 +24,9 @@ class BlockPool:
     entry in place (stale); freed again, the block gets a new entry at the tail. `_num_entries[b]`
     counts b's entries still in the list: the live one, if any, is b's last, so an entry taken
     from the head is live only if it is its block's last (count 1) and the block is unused (ref
-    0). The list is rebuilt (same order) when dead entries outnumber live ones, so it stays
-    O(num_blocks). Every per-block value is a small int (no heap int to chase per block).
+    0). The consumed head is cut off once it is half the list, and the list is rebuilt (same
+    order) when stale entries outnumber live ones, so it stays O(num_blocks). Every per-block
+    value but the hash is a small int (no heap int to chase per block).
 
         _queue:  | consumed ... |<- _head: live and stale entries, eviction order ->|
                                   free appends here at the tail ------------------->|
@@ -137,8 +138,12 @@ class BlockPool:
                 num_entries[block_id] += 1
                 num_queued += 1
         self._num_queued = num_queued
-        num_dead = len(queue) - num_queued
-        if num_dead > num_queued and num_dead > _COMPACT_MIN:
+        head = self._head
+        if head > _COMPACT_MIN and 2 * head > len(queue):
+            del queue[:head]  # the consumed half: one memmove
+            self._head = head = 0
+        num_stale = len(queue) - head - num_queued
+        if num_stale > num_queued and num_stale > _COMPACT_MIN:
             self._compact()
 
     def _grow(self, num_needed: int) -> None:

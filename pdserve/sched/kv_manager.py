@@ -24,7 +24,6 @@ class KVManager:
         self.prefix_cache = PrefixCache(self.pool, block_size, enable_prefix_caching)
         # request id -> its block table: the request's own `block_ids` list (not a copy)
         self._blocks: dict[str, list[int]] = {}
-        self._num_published: dict[str, int] = {}  # full blocks of the request in the prefix cache
 
     @property
     def num_free_blocks(self) -> int:
@@ -81,7 +80,7 @@ class KVManager:
             held = self._blocks[req.request_id] = req.block_ids
         held.extend(hit_blocks)
         held.extend(new_blocks)
-        self._num_published[req.request_id] = len(hit_blocks)
+        req.num_published_blocks = len(hit_blocks)
         return True
 
     def publish_full_blocks(self, req: SchedRequest, num_computed_tokens: int) -> None:
@@ -90,20 +89,21 @@ class KVManager:
         num_hashes = len(req.block_hashes)
         if num_hashes < end:
             end = num_hashes
-        start = self._num_published.get(req.request_id, 0)
+        start = req.num_published_blocks
         if end <= start:
             return  # most steps: no block filled up
         if not req.block_ids:
             return
         self.prefix_cache.insert_run(req.block_ids, req.block_hashes, start, end)
-        self._num_published[req.request_id] = end
+        req.num_published_blocks = end
 
     def free(self, req: SchedRequest) -> None:
-        blocks = self._blocks.pop(req.request_id, None)
-        self._num_published.pop(req.request_id, None)
+        blocks = self._blocks.get(req.request_id)
         if blocks is not None:
+            del self._blocks[req.request_id]
             self.pool.free(blocks, tail_first=True)
         req.block_ids.clear()
+        req.num_published_blocks = 0
 
     def num_blocks_held(self, request_id: str) -> int:
         return len(self._blocks.get(request_id, ()))

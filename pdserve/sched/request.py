@@ -48,6 +48,7 @@ class SchedRequest:
     # Tokens sampled by scheduled steps whose results are not in yet (async scheduling: step N+1
     # is planned while step N runs). Their positions count as computed; their ids are not known.
     num_pending: int
+    num_published_blocks: int  # leading full blocks in the prefix cache (KVManager's)
 
     # Written out (not generated): the mypyc build (benchmarks/build_sim_fast.py) compiles it.
     def __init__(
@@ -71,6 +72,7 @@ class SchedRequest:
         kv_role: KVRole | None = None,
         lease_deadline_s: float | None = None,
         num_pending: int = 0,
+        num_published_blocks: int = 0,
     ) -> None:
         self.request_id = request_id
         self.token_ids = token_ids
@@ -91,6 +93,7 @@ class SchedRequest:
         self.kv_role = kv_role
         self.lease_deadline_s = lease_deadline_s
         self.num_pending = num_pending
+        self.num_published_blocks = num_published_blocks
 
     @classmethod
     def from_request(cls, req: Request, block_size: int, seq_no: int) -> SchedRequest:

@@ -173,9 +173,26 @@ def test_long_churn_keeps_the_queue_small_and_in_eviction_order():
                 if ref_refs[block_id] == 0:
                     ref_queue[block_id] = None
             pool.free(freed)
-        assert len(pool._queue) <= num_blocks + 1024  # live + at most _COMPACT_MIN dead
+        # live + at most _COMPACT_MIN stale entries, and a consumed head cut at half the list
+        assert len(pool._queue) <= 2 * (num_blocks + 1024)
         if step % 200 == 0:
             pool.check_integrity()
     assert pool.queued_block_ids() == list(ref_queue)
     assert pool.ref_cnts == ref_refs
+    pool.check_integrity()
+
+
+def test_hot_prefix_hits_without_allocations_keep_the_queue_bounded():
+    """A shared prefix hit and freed by every request, while nothing is allocated: each round
+    leaves stale entries that no allocation consumes; the queue is rebuilt, order kept."""
+    pool = BlockPool(8)
+    block_ids = pool.allocate(8)
+    pool.free(block_ids)  # queue: 0 .. 7
+    for _ in range(3000):
+        pool.touch([0, 1, 2, 3])
+        pool.free([0, 1, 2, 3], tail_first=True)  # queue: 4 5 6 7 3 2 1 0
+        assert len(pool._queue) <= 2 * (8 + 1024)
+    assert pool.queued_block_ids() == [4, 5, 6, 7, 3, 2, 1, 0]
+    pool.check_integrity()
+    assert pool.allocate(8) == [4, 5, 6, 7, 3, 2, 1, 0]
     pool.check_integrity()
