@@ -131,6 +131,7 @@ class BlockPool:
             block_id = block_ids[n - 1 - k] if tail_first else block_ids[k]
             ref_cnt = ref_cnts[block_id] - 1
             if ref_cnt < 0:
+                self._num_queued = num_queued  # the blocks before it stay freed
                 raise RuntimeError(f"block {block_id} freed with ref count {ref_cnt + 1}")
             ref_cnts[block_id] = ref_cnt
             if ref_cnt == 0:

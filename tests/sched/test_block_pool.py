@@ -36,6 +36,16 @@ def test_double_free_is_refused():
     pool.check_integrity()
 
 
+def test_a_double_free_mid_list_keeps_the_blocks_before_it_freed():
+    pool = BlockPool(3)
+    a, b, c = pool.allocate(3)
+    pool.free([c])
+    with pytest.raises(RuntimeError, match=f"block {c} freed with ref count 0"):
+        pool.free([a, b, c])
+    assert pool.ref_cnts == [0, 0, 0] and pool.queued_block_ids() == [c, a, b]
+    pool.check_integrity()
+
+
 def test_freed_tail_is_evicted_before_head():
     pool = BlockPool(4)
     cache = PrefixCache(pool, block_size=4)
