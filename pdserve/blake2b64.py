@@ -190,7 +190,7 @@ def _compress(
 # fmt: on
 
 
-def _word(token_ids: tuple[int, ...], begin: int, block_size: int, parent: i64, w: i64) -> i64:
+def _word(token_ids: tuple[int, ...], begin: i64, block_size: i64, parent: i64, w: i64) -> i64:
     """Message word `w` of a block's data: the parent hash, its tokens, then zero padding."""
     if w == 0:
         return parent
@@ -207,8 +207,8 @@ def hash_blocks(
     parent: i64 = parent_hash - (1 << 64) if parent_hash >= 1 << 63 else parent_hash
     num_words: i64 = block_size + 1
     hashes: list[int] = []
-    for b in range(num_blocks):
-        begin = start + b * block_size
+    begin: i64 = start
+    for _ in range(num_blocks):
         h0, h1, h2, h3, h4, h5, h6, h7 = _ivs()
         h0 ^= _PARAM0
         w: i64 = 0
@@ -241,6 +241,7 @@ def hash_blocks(
         parent = h0  # the digest: h0's 8 little-endian bytes
         value: int = h0
         hashes.append(value + (1 << 64) if value < 0 else value)
+        begin += block_size
     return hashes
 
 
