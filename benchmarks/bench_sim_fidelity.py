@@ -229,15 +229,22 @@ def calibrate(
     server: ServerProcess, profile, args, trace=None, round_no: int = 0
 ) -> tuple[dict, list[dict]]:
     """Fixed costs outside `EngineCore.step()`, from requests sent one at a time (no queueing);
-    -> (overheads, the real requests' TTFT and TPOT, kept so a re-simulation can redo this)."""
+    -> (overheads, the real requests' TTFT and TPOT, kept so a re-simulation can redo this).
+    CPU workers share the box's cores: there, one request per instance at a time (the router
+    sends one to each), so the steps are timed while every worker computes, as in the run
+    (each request's record then carries the whole group's trace: the scale is a median)."""
     real = []
-    for r in calibration_requests(args, round_no):  # one at a time, each once the last ended
-        result, t0 = run_client(server, [replace(r, arrival_s=0.0)])
-        tl = result.timelines[0]
-        if not tl.is_success:
-            raise RuntimeError(f"calibration request failed: {tl.error}")
-        real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl), "request": per_request([tl])[0],
-                     **(trace.read(t0) if trace else {})})  # fmt: skip
+    requests = calibration_requests(args, round_no)
+    group = args.instances if args.device == "cpu" else 1
+    for k in range(0, len(requests), group):  # each group once the last one ended
+        result, t0 = run_client(server, [replace(r, arrival_s=0.0)
+                                         for r in requests[k : k + group]])  # fmt: skip
+        steps = trace.read(t0) if trace else {}
+        for tl in result.timelines:
+            if not tl.is_success:
+                raise RuntimeError(f"calibration request failed: {tl.error}")
+            real.append({"ttft_s": ttft_s(tl), "tpot_s": tpot_s(tl),
+                         "request": per_request([tl])[0], **steps})  # fmt: skip
     traced = traced_overheads(real, profile.cost, args.device == "cpu")
     return traced or overheads_from(real, profile, args), real
 
@@ -298,7 +305,9 @@ def real_steps(steps: list) -> list[tuple]:
 
 def matched_requests(trace: dict, requests: list) -> list[tuple]:
     """(client request row, worker submit time, time its first token left the worker) of each
-    request, client rows and worker submits matched in send order (same prompt lengths)."""
+    request, client rows and worker submits matched in send order: each row takes the first
+    submit not yet taken with its prompt length (a trace may hold more submits than `requests`:
+    a calibration group's)."""
     first_end = {}
     for steps in trace["steps"].values():
         for st in steps:
@@ -306,8 +315,12 @@ def matched_requests(trace: dict, requests: list) -> list[tuple]:
                 first_end[rid] = st[1]
     subs = sorted((t, n, rid) for w in trace["submits"].values() for t, n, rid in w)
     out = []
-    for (t_sub, n, rid), r in zip(subs, sorted(requests, key=lambda r: r[0])):
-        if n == r[1] and r[5] is not None and rid in first_end:
+    for r in sorted(requests, key=lambda r: r[0]):
+        k = next((k for k, (_, n, _) in enumerate(subs) if n == r[1]), None)
+        if k is None:
+            continue
+        t_sub, _, rid = subs.pop(k)
+        if r[5] is not None and rid in first_end:
             out.append((r, t_sub, first_end[rid]))
     return out
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
-from bench_sim_fidelity import real_steps, traced_overheads  # noqa: E402
+from bench_sim_fidelity import matched_requests, real_steps, traced_overheads  # noqa: E402
 
 from pdserve.cluster.cost_model import StepCostModel  # noqa: E402
 
@@ -68,6 +68,24 @@ def test_calibration_measures_the_front_end_and_each_kind_of_step_against_the_mo
     cpu = traced_overheads(calibration, model, scaled=True)
     assert cpu["scale"] == pytest.approx(0.9)  # the median step: a decode at 9 of 10 ms
     assert cpu["decode_s"] == cpu["prefill_s"] == 0.0
+
+
+def test_a_calibration_group_shares_one_trace_and_each_request_finds_its_own_submit():
+    """CPU: one calibration request per instance at a time, each request's record holding the
+    whole group's trace; a request is matched to the submit of its own prompt length."""
+    model = StepCostModel(0.010, 1e-4, 0.0, 0.0, 0.0)
+    a = _calibration(0.002, 0.003, 0.025, 0.009)
+    b = _calibration(0.004, 0.006, 0.025, 0.009)  # another worker, a 120-token prompt
+    b["steps"] = {"worker-1": b["steps"]["worker-0"]}
+    b["submits"] = {"worker-1": [[b["submits"]["worker-0"][0][0], 120, "s"]]}
+    b["steps"]["worker-1"][0][-1] = ["s"]
+    b["request"][1] = 120
+    shared = {"steps": a["steps"] | b["steps"], "submits": a["submits"] | b["submits"]}
+    group = [shared | {"request": a["request"]}, shared | {"request": b["request"]}]
+    fronts = sorted(t_sub - r[0] + r[5] - t_first for c in group
+                    for r, t_sub, t_first in matched_requests(c, [c["request"]]))  # fmt: skip
+    assert fronts == pytest.approx([0.005, 0.010])
+    assert traced_overheads(group, model)["request_s"] == pytest.approx(0.0075)
 
 
 def test_calibration_without_traces_is_none():
