@@ -36,6 +36,8 @@ MODULES = (
     "pdserve/blake2b64.py",
     "pdserve/hashing.py",
     "pdserve/cluster/policies.py",
+    "pdserve/cluster/cost_model.py",
+    "pdserve/metrics.py",
     "pdserve/sched/block_pool.py",
     "pdserve/sched/prefix_cache.py",
     "pdserve/sched/request.py",

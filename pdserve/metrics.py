@@ -49,7 +49,7 @@ SLO_METRICS = ("ttft", "tpot", "e2el")
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestTimeline:
     """What one request did, in seconds on one clock. Filled in while the request streams."""
 
@@ -61,6 +61,28 @@ class RequestTimeline:
     is_success: bool = False
     error: str = ""
     scheduled_s: float | None = None  # when the workload wanted it sent (queueing in the client)
+
+    # Written out: the simulator's mypyc build (benchmarks/build_sim_fast.py) compiles it (one
+    # timeline per request; the generated one runs as interpreted code). None: a fresh list.
+    def __init__(
+        self,
+        send_s: float,
+        prompt_len: int = 0,
+        token_times_s: list[float] | None = None,
+        num_output_tokens: int = 0,
+        end_s: float | None = None,
+        is_success: bool = False,
+        error: str = "",
+        scheduled_s: float | None = None,
+    ) -> None:
+        self.send_s = send_s
+        self.prompt_len = prompt_len
+        self.token_times_s = [] if token_times_s is None else token_times_s
+        self.num_output_tokens = num_output_tokens
+        self.end_s = end_s
+        self.is_success = is_success
+        self.error = error
+        self.scheduled_s = scheduled_s
 
     @property
     def first_token_s(self) -> float | None:
