@@ -58,6 +58,13 @@ class SchedulerStats:
 
 
 class Scheduler:
+    # Set with `config` (its setter): the fields a step reads, copied out of the config.
+    _config: SchedulerConfig
+    _token_budget: int
+    _prefill_threshold: int
+    _max_num_seqs: int
+    _chunked_prefill: bool
+
     def __init__(
         self,
         config: SchedulerConfig,
@@ -81,6 +88,20 @@ class Scheduler:
         self._num_waiting_tokens = 0  # sum of num_tokens over waiting (none has computed any)
         self._step_id = 0
         self._seq_no = 0
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: SchedulerConfig) -> None:
+        """Replaceable between steps (a lease length, a benchmark's max_num_seqs). The step
+        reads copies of its fields: the config is an interpreted object to compiled code."""
+        self._config = config
+        self._token_budget = config.max_num_batched_tokens
+        self._prefill_threshold = config.long_prefill_token_threshold
+        self._max_num_seqs = config.max_num_seqs
+        self._chunked_prefill = config.enable_chunked_prefill
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -180,8 +201,8 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         if self.sending:
             self._expire_leases(now)
-        budget = self.config.max_num_batched_tokens
-        threshold = self.config.long_prefill_token_threshold
+        budget = self._token_budget
+        threshold = self._prefill_threshold
         allocate_slots = self.kv.allocate_slots
         # (request, num_computed_tokens, num_new_tokens), in scheduling order
         scheduled: list[tuple[SchedRequest, int, int]] = []
@@ -221,7 +242,7 @@ class Scheduler:
             not preempted
             and len(self.waiting)
             and budget > 0
-            and len(self.running) + len(self.receiving) < self.config.max_num_seqs
+            and len(self.running) + len(self.receiving) < self._max_num_seqs
         ):
             req = self.waiting.peek()
             hit_blocks = self.kv.match_prefix(req)
@@ -233,7 +254,7 @@ class Scheduler:
                 self._pop_waiting()
                 self._reserve(req, num_hit)
                 continue
-            if not self.config.enable_chunked_prefill and num_uncached > budget:
+            if not self._chunked_prefill and num_uncached > budget:
                 break
             num_new = self._chunk(num_uncached, budget)
             if not allocate_slots(req, num_new, hit_blocks):
@@ -259,7 +280,7 @@ class Scheduler:
         plan = StepPlan(
             self._step_id,
             tuple(seqs),
-            self.config.max_num_batched_tokens - budget,
+            self._token_budget - budget,
             tuple(preempted),
             tuple(self._finished_ids),
         )
@@ -422,7 +443,7 @@ class Scheduler:
     # ---- internals -----------------------------------------------------------------------
 
     def _chunk(self, num_tokens: int, budget: int) -> int:
-        threshold = self.config.long_prefill_token_threshold
+        threshold = self._prefill_threshold
         if threshold > 0:
             num_tokens = min(num_tokens, threshold)
         return min(num_tokens, budget)

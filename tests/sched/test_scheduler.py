@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -213,3 +214,13 @@ def test_precomputed_block_hashes_are_taken_as_given():
     )
     sched.add_request(req("b", prompt, max_tokens=1))
     assert sched.requests["a"].block_hashes == sched.requests["b"].block_hashes == list(hashes)
+
+
+def test_a_replaced_config_governs_the_next_step():
+    sched, _ = make(max_num_seqs=4)
+    for i in range(3):
+        sched.add_request(req(f"r{i}", range(10 * i, 10 * i + 6)))
+    sched.config = dataclasses.replace(sched.config, max_num_seqs=1, max_num_batched_tokens=5)
+    plan = sched.schedule(0.0)
+    assert [(s.request_id, s.num_new_tokens) for s in plan.seqs] == [("r0", 5)]
+    assert plan.num_batched_tokens == 5 and sched.config.max_num_seqs == 1
