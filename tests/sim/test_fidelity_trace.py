@@ -1,5 +1,6 @@
-"""The fidelity benchmark's reading of a worker step trace ($PDSERVE_STEP_TRACE): each step's
-real time as the simulator times one, and the calibration measured from it."""
+"""The fidelity benchmark's reading of a worker step trace ($PDSERVE_STEP_TRACE,
+benchmarks/fidelity_trace.py): each step's real time as the simulator times one, and the
+calibration measured from it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 
-from bench_sim_fidelity import matched_requests, real_steps, traced_overheads  # noqa: E402
+from fidelity_trace import matched_requests, real_steps, traced_overheads  # noqa: E402
 
 from pdserve.cluster.cost_model import StepCostModel  # noqa: E402
 
