@@ -146,10 +146,11 @@ class ModelRunner:
         bs = self.block_size
         seqs = plan.seqs
         num_seqs = len(seqs)
-        padded_seqs = max(num_seqs, pad_to) + (pad_tokens > 0)
+        num_pad_seqs = max(pad_to - num_seqs, 0)  # of one token each
+        padded_seqs = num_seqs + num_pad_seqs + (pad_tokens > 0)
         q_lens = [seq.num_new_tokens for seq in seqs]
         num_tokens = sum(q_lens)
-        padded_tokens = num_tokens + max(num_seqs, pad_to) - num_seqs + pad_tokens
+        padded_tokens = num_tokens + num_pad_seqs + pad_tokens
         width = max(-(-seq.context_len // bs) for seq in seqs)
         width = max(width, -(-pad_tokens // bs))
         host = self.buffers.host(padded_tokens, padded_seqs, width)
@@ -210,7 +211,7 @@ class ModelRunner:
             host.seq_lens[num_seqs] = pad_tokens
             qsl[num_seqs + 1] = padded_tokens
             bt[num_seqs, : -(-pad_tokens // bs)] = 0
-        elif padded_seqs > num_seqs:
+        elif num_pad_seqs:
             pad = slice(num_tokens, padded_tokens)
             host.input_ids[pad] = 0
             host.positions[pad] = 0
